@@ -1,0 +1,1 @@
+"""The Prefect flow of hexlabs-tasks (installed as ``hexlabs_tasks.flows``)."""

@@ -1,0 +1,133 @@
+"""One attempt of one claimed task, from request to recorded outcome: shared by the worker and the flow.
+
+The worker (many tasks in one event loop) and the Prefect flow in ``flows/`` (one task per flow run, for stock
+Prefect workers) both drive this: perform the request, ask the retry policy what follows, and record the attempt
+and the task's new status in one compare-and-set that only succeeds if the caller still holds the attempt.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from hexlabs_tasks._models import RequestSpec, RetryPolicy, TaskStatus
+from hexlabs_tasks._performer import AttemptResult, perform
+from hexlabs_tasks._prefect import AWAITING_RETRY, COMPLETED, FAILED
+from hexlabs_tasks._retry import Decision, Verdict, decide
+from hexlabs_tasks._store import Store, now_ms
+from hexlabs_tasks._tables import AttemptRow, TaskRow
+
+__all__ = ["AttemptOutcome", "attempt_line", "execute_attempt", "outcome_values", "spec_of"]
+
+_EXCERPT = 1024
+_PREFECT_STATE = {Verdict.COMPLETED: COMPLETED, Verdict.FAILED: FAILED, Verdict.RETRY: AWAITING_RETRY}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What an attempt led to. ``row`` is None when the caller no longer held the attempt (deleted, taken over)."""
+
+    row: TaskRow | None
+    decision: Decision
+    result: AttemptResult
+    number: int
+
+
+def spec_of(row: TaskRow) -> RequestSpec:
+    """The request a row describes."""
+    return RequestSpec(
+        url=row.url,
+        method=row.method,
+        headers=row.headers,
+        params=row.params,
+        body=row.body,
+        timeout=row.timeout,
+    )
+
+
+def outcome_values(row: TaskRow, decision: Decision, now: int, last_response: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns a decision changes on the task."""
+    values: dict[str, Any] = {
+        "updated_at": now,
+        "attempt_started_at": None,
+        "prefect_owed": _PREFECT_STATE[decision.verdict],
+    }
+    if last_response is not None:
+        values["last_response"] = last_response
+    if decision.verdict is Verdict.COMPLETED:
+        values.update(status=TaskStatus.COMPLETED.value, due_at=None, completed_at=now, last_error=None)
+    elif decision.verdict is Verdict.FAILED:
+        values.update(status=TaskStatus.FAILED.value, due_at=None, completed_at=now, last_error=decision.reason)
+    else:
+        values.update(
+            status=TaskStatus.RUNNING.value,
+            due_at=now + round(decision.delay * 1000),
+            last_error=decision.reason,
+        )
+    return values
+
+
+def attempt_line(row: TaskRow, number: int, result: AttemptResult, decision: Decision) -> str:
+    """The attempt as one log line for the Prefect UI; the query string, headers and body are left out."""
+    parts = urlsplit(row.url)
+    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path or '/'}"
+    got = f"HTTP {result.status}" if result.status is not None else (result.error or "no response")
+    if decision.verdict is Verdict.RETRY:
+        then = f"retrying in {decision.delay:.3g} s"
+    elif decision.verdict is Verdict.COMPLETED:
+        then = "completed"
+    else:
+        then = f"failed: {decision.reason}"
+    return f"attempt {number}: {row.method.upper()} {where} -> {got} in {result.duration_ms} ms; {then}"
+
+
+async def execute_attempt(
+    store: Store,
+    row: TaskRow,
+    *,
+    http: httpx.AsyncClient,
+    owner: str,
+    clock: Callable[[], int] = now_ms,
+    rand: Callable[[], float] = random.random,
+) -> AttemptOutcome:
+    """Perform the attempt ``row`` was claimed for and record it; never raises for the request's failures."""
+    number = row.attempts
+    started = row.attempt_started_at or clock()
+    result = await perform(http, spec_of(row))
+    finished = clock()
+    decision = decide(
+        RetryPolicy.model_validate(row.retry_policy),
+        attempt=number,
+        retries=row.retries,
+        status=result.status,
+        error=result.error,
+        retry_after=result.retry_after,
+        now=datetime.fromtimestamp(finished / 1000, tz=UTC),
+        rand=rand,
+    )
+    attempt = AttemptRow(
+        task_id=row.id,
+        generation=row.generation,
+        number=number,
+        started_at=started,
+        finished_at=finished,
+        status=result.status,
+        error=result.error
+        if result.status is None
+        else (None if decision.verdict is Verdict.COMPLETED else decision.reason),
+        duration_ms=result.duration_ms,
+        response_excerpt=result.body[:_EXCERPT] if result.status is not None else None,
+    )
+    new_row = await store.finish_attempt(
+        task_id=row.id,
+        owner=owner,
+        attempt=attempt,
+        values=outcome_values(row, decision, finished, result.last_response()),
+    )
+    return AttemptOutcome(row=new_row, decision=decision, result=result, number=number)

@@ -1,0 +1,231 @@
+"""The Prefect bridge: the one module that talks to Prefect.
+
+Everything else speaks in tasks; this module turns that into flow runs of the one deployment: it registers the
+deployment, creates one scheduled flow run per task (named after the task, tagged ``hexlabs-tasks``, the task id
+its only parameter), moves and cancels runs, mirrors each attempt into the run's states and log lines, and reads
+runs back. Prefect errors are translated to :class:`ServiceUnavailable` here.
+
+The number of API writes is kept at the floor (see PREFECT_NOTES): create, Running, and the final state per
+attempt cycle, with log lines batched into one call per flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import LogCreate
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.client.schemas.objects import State
+from prefect.states import AwaitingRetry, Cancelled, Completed, Failed, Running, Scheduled
+
+from hexlabs_tasks._exceptions import ServiceUnavailable
+from hexlabs_tasks.deployments import DEPLOYMENT_NAME, DESCRIPTION, ENTRYPOINT, FLOW_NAME, TAG
+
+__all__ = ["PrefectBridge", "RunState", "resolve_prefect_api_url"]
+
+logger = logging.getLogger("hexlabs_tasks.prefect")
+T = TypeVar("T")
+
+# The states the bridge sets, by the name the store records in ``prefect_owed``.
+RunState = str
+RUNNING, COMPLETED, FAILED, CANCELLED, AWAITING_RETRY, SCHEDULED = (
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "AWAITING_RETRY",
+    "SCHEDULED",
+)
+_PARAMETER_SCHEMA = {
+    "title": "Parameters",
+    "type": "object",
+    "properties": {"task_id": {"title": "task_id", "type": "string", "position": 0}},
+    "required": ["task_id"],
+}
+
+
+def resolve_prefect_api_url(configured: str | None, prefect_port: int) -> str:
+    """The Prefect API to use: the configured one, else ``PREFECT_API_URL``, else the local server's."""
+    if configured:
+        return configured
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or f"http://127.0.0.1:{prefect_port}/api"
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _state(kind: RunState, *, message: str | None = None, at_ms: int | None = None) -> State[Any]:
+    if kind == RUNNING:
+        return Running(message=message)
+    if kind == COMPLETED:
+        return Completed(message=message)
+    if kind == FAILED:
+        return Failed(message=message)
+    if kind == CANCELLED:
+        return Cancelled(message=message)
+    when = _at(at_ms) if at_ms is not None else datetime.now(UTC)
+    if kind == AWAITING_RETRY:
+        return AwaitingRetry(scheduled_time=when, message=message)
+    if kind == SCHEDULED:
+        return Scheduled(scheduled_time=when, message=message)
+    raise ValueError(f"unknown run state {kind!r}")
+
+
+class PrefectBridge:
+    """One Prefect API client, shared by everything in a process.
+
+    Args:
+        api_url: the Prefect API, for example ``http://127.0.0.1:4200/api``.
+        concurrency: Prefect API calls in flight at once; more only queues inside the server.
+    """
+
+    def __init__(self, api_url: str, *, concurrency: int = 8) -> None:
+        self.api_url = api_url
+        self._client: PrefectClient | None = None
+        self._limit = asyncio.Semaphore(concurrency)
+        self._deployment_id: UUID | None = None
+        self._logs: list[LogCreate] = []
+
+    async def __aenter__(self) -> PrefectBridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the client's connection pool."""
+        if self._client is None:
+            client = PrefectClient(self.api_url, httpx_settings={"timeout": httpx.Timeout(30.0)})
+            await client.__aenter__()
+            self._client = client
+
+    async def close(self) -> None:
+        """Send buffered log lines and close the client."""
+        if self._client is not None:
+            try:
+                await self.flush_logs()
+            except ServiceUnavailable as exc:
+                logger.warning("dropping %d Prefect log lines: %s", len(self._logs), exc)
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    @property
+    def client(self) -> PrefectClient:
+        if self._client is None:
+            raise RuntimeError("PrefectBridge.start() has not been called")
+        return self._client
+
+    async def _call(self, what: str, make: Callable[[], Any]) -> Any:
+        async with self._limit:
+            try:
+                return await make()
+            except ObjectNotFound:
+                raise
+            except (httpx.HTTPError, PrefectHTTPStatusError, OSError) as exc:
+                raise ServiceUnavailable(f"Prefect API at {self.api_url} failed to {what}: {exc}") from exc
+
+    # -- deployment and runs ---------------------------------------------------------------------------------
+
+    async def healthy(self) -> bool:
+        """Whether the Prefect API answers its health check."""
+        try:
+            response = await self.client._client.get("/health")
+            return response.status_code == 200
+        except (httpx.HTTPError, OSError):
+            return False
+
+    async def ensure_deployment(self) -> UUID:
+        """Register the flow and its deployment (idempotent: an existing one is updated) and return its id."""
+        if self._deployment_id is None:
+            flow_id = await self._call("register the flow", lambda: self.client.create_flow_from_name(FLOW_NAME))
+            self._deployment_id = await self._call(
+                "register the deployment",
+                lambda: self.client.create_deployment(
+                    flow_id=flow_id,
+                    name=DEPLOYMENT_NAME,
+                    entrypoint=ENTRYPOINT,
+                    description=DESCRIPTION,
+                    tags=[TAG],
+                    parameter_openapi_schema=_PARAMETER_SCHEMA,
+                    enforce_parameter_schema=False,
+                ),
+            )
+        return self._deployment_id
+
+    async def create_run(self, task_id: str, *, generation: int, at_ms: int) -> str:
+        """Create the task's flow run, scheduled at ``at_ms``; the same (task, generation) gives the same run."""
+        deployment_id = await self.ensure_deployment()
+        run: FlowRun = await self._call(
+            "create a flow run",
+            lambda: self.client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters={"task_id": task_id},
+                state=Scheduled(scheduled_time=_at(at_ms)),
+                name=task_id,
+                tags=[TAG],
+                idempotency_key=f"hexlabs-tasks:{task_id}:{generation}",
+            ),
+        )
+        return str(run.id)
+
+    async def set_state(
+        self, flow_run_id: str, kind: RunState, *, message: str | None = None, at_ms: int | None = None
+    ) -> None:
+        """Move a run to a state, forced: the task store has already decided, Prefect records it."""
+        state = _state(kind, message=message, at_ms=at_ms)
+        try:
+            await self._call(
+                f"set a flow run {kind.lower()}",
+                lambda: self.client.set_flow_run_state(UUID(flow_run_id), state, force=True),
+            )
+        except ObjectNotFound:
+            logger.warning("flow run %s is gone from Prefect; not setting %s", flow_run_id, kind)
+
+    async def delete_run(self, flow_run_id: str) -> None:
+        """Remove a run (used to undo a creation whose task could not be stored)."""
+        with contextlib.suppress(ObjectNotFound):
+            await self._call("delete a flow run", lambda: self.client.delete_flow_run(UUID(flow_run_id)))
+
+    async def read_run(self, flow_run_id: str) -> FlowRun:
+        """The run as Prefect has it."""
+        run: FlowRun = await self._call("read a flow run", lambda: self.client.read_flow_run(UUID(flow_run_id)))
+        return run
+
+    # -- log lines -------------------------------------------------------------------------------------------
+
+    def log(self, flow_run_id: str, message: str, *, level: int = logging.INFO) -> None:
+        """Queue a log line for the run; :meth:`flush_logs` sends the queue in one call."""
+        self._logs.append(
+            LogCreate(
+                name="hexlabs_tasks.worker",
+                level=level,
+                message=message,
+                timestamp=datetime.now(UTC),
+                flow_run_id=UUID(flow_run_id),
+            )
+        )
+
+    async def flush_logs(self) -> int:
+        """Send queued log lines in one call; on failure they stay queued (bounded) for the next flush."""
+        if not self._logs:
+            return 0
+        batch, self._logs = self._logs, []
+        try:
+            await self._call("write log lines", lambda: self.client.create_logs(batch))
+        except ServiceUnavailable:
+            self._logs = (batch + self._logs)[-10_000:]
+            raise
+        return len(batch)

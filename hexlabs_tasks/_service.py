@@ -1,0 +1,278 @@
+"""The service layer: every operation on tasks, whoever calls it (REST, the seed endpoint, tests).
+
+Each call either completes or changes nothing: Prefect is asked first where a flow run must be created or moved,
+so a Prefect failure leaves the store untouched, and a store failure undoes what Prefect was asked.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from hexlabs_tasks._exceptions import ServiceUnavailable, TaskConflict, TaskNotFound, TaskValidationError
+from hexlabs_tasks._models import (
+    FINAL_STATUSES,
+    Attempt,
+    Task,
+    TaskCreate,
+    TaskPage,
+    TaskStatus,
+    TaskUpdate,
+)
+from hexlabs_tasks._prefect import CANCELLED, PrefectBridge
+from hexlabs_tasks._store import Store, decode_cursor, encode_cursor, now_ms, to_attempt, to_task
+from hexlabs_tasks._tables import IdempotencyRow, TaskRow
+from hexlabs_tasks._validation import validate
+
+__all__ = ["TaskService"]
+
+logger = logging.getLogger("hexlabs_tasks.service")
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+
+
+def _body_hash(create: TaskCreate) -> str:
+    canonical = json.dumps(create.to_wire(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _request_columns(create: TaskCreate | TaskUpdate) -> dict[str, Any]:
+    assert create.request is not None
+    request = create.request
+    return {
+        "url": request.url,
+        "method": request.method.value,
+        "headers": request.headers,
+        "params": request.params,
+        "body": request.body,
+        "timeout": request.timeout,
+    }
+
+
+class TaskService:
+    """Create, read, update, delete and list tasks.
+
+    Args:
+        store: the task store.
+        bridge: the Prefect bridge.
+        clock: Unix ms now.
+        on_change: called after a change that may make a task due sooner (wakes an in-process worker).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bridge: PrefectBridge,
+        *,
+        clock: Callable[[], int] = now_ms,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.bridge = bridge
+        self.clock = clock
+        self.on_change = on_change or (lambda: None)
+
+    async def create(
+        self, data: TaskCreate | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[Task, bool]:
+        """Store a task and schedule its flow run.
+
+        Returns:
+            The task, and whether it was created now (False: the idempotency key's earlier task).
+
+        Raises:
+            TaskValidationError: the body breaks a rule.
+            TaskConflict: the idempotency key came before with another body.
+            ServiceUnavailable: Prefect or the database cannot be reached; nothing was stored.
+        """
+        create = validate(TaskCreate, data)
+        if create.depends_on:
+            raise TaskValidationError(
+                "dependsOn is not supported yet",
+                details=[{"field": "dependsOn", "message": "chaining is not supported yet", "type": "unsupported"}],
+            )
+        request_hash = _body_hash(create)
+        now = self.clock()
+        if idempotency_key is not None:
+            replay = await self._replay(idempotency_key, request_hash, now)
+            if replay is not None:
+                return replay, False
+
+        task_id = uuid.uuid4().hex
+        flow_run_id = await self.bridge.create_run(task_id, generation=0, at_ms=create.perform_at)
+        row = TaskRow(
+            id=task_id,
+            **_request_columns(create),
+            perform_at=create.perform_at,
+            retries=create.retries,
+            retry_policy=create.retry_policy.to_wire(),
+            depends_on=create.depends_on,
+            status=TaskStatus.PENDING.value,
+            due_at=create.perform_at,
+            flow_run_id=flow_run_id,
+            created_at=now,
+            updated_at=now,
+        )
+        idempotency = (
+            IdempotencyRow(key=idempotency_key, request_hash=request_hash, task_id=task_id, created_at=now)
+            if idempotency_key is not None
+            else None
+        )
+        try:
+            await self.store.insert(row, idempotency=idempotency)
+        except BaseException as exc:
+            await self._undo_run(flow_run_id)
+            if isinstance(exc, IntegrityError) and idempotency_key is not None:
+                # Another call with the same key won the race: answer as its replay.
+                replay = await self._replay(idempotency_key, request_hash, now)
+                if replay is not None:
+                    return replay, False
+            raise
+        self.on_change()
+        return to_task(row), True
+
+    async def _replay(self, key: str, request_hash: str, now: int) -> Task | None:
+        found = await self.store.idempotency(key, since=now - IDEMPOTENCY_WINDOW_MS)
+        if found is None:
+            return None
+        if found.request_hash != request_hash:
+            raise TaskConflict(
+                "this Idempotency-Key was used with another body in the last 24 hours",
+                details=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
+            )
+        row = await self.store.get(found.task_id)
+        return to_task(row) if row is not None else None
+
+    async def _undo_run(self, flow_run_id: str) -> None:
+        try:
+            await self.bridge.delete_run(flow_run_id)
+        except ServiceUnavailable as exc:
+            logger.warning("could not remove flow run %s after a failed create: %s", flow_run_id, exc)
+
+    async def read(self, task_id: str) -> Task:
+        """The task with that id.
+
+        Raises:
+            TaskNotFound: there is none.
+        """
+        return to_task(await self._row(task_id))
+
+    async def _row(self, task_id: str) -> TaskRow:
+        row = await self.store.get(task_id)
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", details=[{"field": "id", "message": "not found"}])
+        return row
+
+    async def update(self, task_id: str, data: TaskUpdate | Mapping[str, Any]) -> Task:
+        """Replace the given top-level fields of a pending task, or queue a finished one again.
+
+        Raises:
+            TaskNotFound: no task with that id.
+            TaskValidationError: the body breaks a rule (a status other than pending, say).
+            TaskConflict: the task is running, or finished and the body does not queue it again.
+            ServiceUnavailable: Prefect or the database cannot be reached; nothing was changed.
+        """
+        if isinstance(data, Mapping) and "status" in data and data["status"] != TaskStatus.PENDING.value:
+            raise TaskValidationError(
+                'status is the system\'s to set; only {"status": "pending"} (to queue a task again) is accepted',
+                details=[{"field": "status", "message": "only 'pending' may be sent", "type": "literal_error"}],
+            )
+        patch = validate(TaskUpdate, data)
+        if patch.depends_on:
+            raise TaskValidationError(
+                "dependsOn is not supported yet",
+                details=[{"field": "dependsOn", "message": "chaining is not supported yet", "type": "unsupported"}],
+            )
+        row = await self._row(task_id)
+        requeue = patch.status == "pending" and row.status in FINAL_STATUSES
+        if row.status == TaskStatus.RUNNING.value:
+            raise TaskConflict(f"task {task_id} is running; it can be changed only while pending")
+        if row.status in FINAL_STATUSES and not requeue:
+            raise TaskConflict(f'task {task_id} is {row.status}; send {{"status": "pending"}} to queue it again')
+
+        now = self.clock()
+        values: dict[str, Any] = {"updated_at": now}
+        if patch.request is not None:
+            values.update(_request_columns(patch))
+        if patch.retries is not None:
+            values["retries"] = patch.retries
+        if patch.retry_policy is not None:
+            values["retry_policy"] = patch.retry_policy.to_wire()
+        perform_at = patch.perform_at if patch.perform_at is not None else row.perform_at
+        if patch.perform_at is not None:
+            values["perform_at"] = perform_at
+
+        if requeue:
+            generation = row.generation + 1
+            flow_run_id = await self.bridge.create_run(task_id, generation=generation, at_ms=perform_at)
+            values.update(
+                status=TaskStatus.PENDING.value,
+                generation=generation,
+                attempts=0,
+                last_response=None,
+                last_error=None,
+                completed_at=None,
+                due_at=perform_at,
+                flow_run_id=flow_run_id,
+                prefect_owed=None,
+            )
+            updated = await self.store.compare_and_set(task_id, row.version, values)
+            if updated is None:
+                await self._undo_run(flow_run_id)
+        else:
+            if patch.perform_at is not None:
+                values["due_at"] = perform_at
+                if row.flow_run_id and perform_at != row.perform_at:
+                    await self.bridge.set_state(row.flow_run_id, "SCHEDULED", at_ms=perform_at)
+            updated = await self.store.compare_and_set(task_id, row.version, values)
+        if updated is None:
+            raise TaskConflict(
+                f"task {task_id} changed while it was being updated (it may have started); read it again"
+            )
+        self.on_change()
+        return to_task(updated)
+
+    async def delete(self, task_id: str) -> None:
+        """Remove a task; its flow run is cancelled in Prefect if it had not finished.
+
+        Raises:
+            TaskNotFound: no task with that id.
+            ServiceUnavailable: Prefect or the database cannot be reached; nothing was removed.
+        """
+        row = await self._row(task_id)
+        if row.flow_run_id and row.status not in FINAL_STATUSES:
+            await self.bridge.set_state(row.flow_run_id, CANCELLED, message="the task was deleted")
+        if await self.store.delete(task_id) is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", details=[{"field": "id", "message": "not found"}])
+
+    async def list(self, *, status: str | None = None, limit: int = 100, cursor: str | None = None) -> TaskPage:
+        """A page of tasks, oldest ``performAt`` first.
+
+        Raises:
+            TaskValidationError: a bad status, limit or cursor.
+        """
+        details = []
+        if status is not None and status not in {s.value for s in TaskStatus}:
+            details.append({"field": "status", "message": f"must be one of {', '.join(s.value for s in TaskStatus)}"})
+        if not 1 <= limit <= 1000:
+            details.append({"field": "limit", "message": "must be between 1 and 1000"})
+        if details:
+            raise TaskValidationError("invalid list query", details=details)
+        after = decode_cursor(cursor) if cursor else None
+        rows, position = await self.store.list(status=status, limit=limit, after=after)
+        return TaskPage(data=[to_task(r) for r in rows], next_cursor=encode_cursor(*position) if position else None)
+
+    async def attempts(self, task_id: str) -> builtins.list[Attempt]:
+        """Every attempt of a task, oldest first.
+
+        Raises:
+            TaskNotFound: no task with that id.
+        """
+        await self._row(task_id)
+        return [to_attempt(r) for r in await self.store.attempts(task_id)]

@@ -1,0 +1,470 @@
+"""The task store: the database engine and every query the service and the worker make.
+
+It holds no business rules; it stores, finds and changes rows, and does the two things that must be atomic in
+the database: a worker's claim of due tasks (a single ``UPDATE ... RETURNING`` whose condition a second worker
+can never also meet) and compare-and-set updates on the row's ``version``.
+
+SQLite (the default) runs in WAL mode, and write transactions start with ``BEGIN IMMEDIATE`` so two processes
+never deadlock upgrading a read lock; PostgreSQL runs through asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, delete, event, func, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from hexlabs_tasks._exceptions import ServiceUnavailable, TaskValidationError
+from hexlabs_tasks._models import Attempt, Task, TaskStatus
+from hexlabs_tasks._tables import AttemptRow, DependencyRow, IdempotencyRow, TaskRow
+
+__all__ = [
+    "Store",
+    "decode_cursor",
+    "encode_cursor",
+    "normalize_database_url",
+    "now_ms",
+    "to_attempt",
+    "to_task",
+]
+
+_ACTIVE = (TaskStatus.PENDING.value, TaskStatus.RUNNING.value)
+# Typed column collections: SQLModel's class attributes look like plain values to a type checker.
+_T = cast(Table, TaskRow.__table__).c  # type: ignore[attr-defined]
+_A = cast(Table, AttemptRow.__table__).c  # type: ignore[attr-defined]
+_D = cast(Table, DependencyRow.__table__).c  # type: ignore[attr-defined]
+_I = cast(Table, IdempotencyRow.__table__).c  # type: ignore[attr-defined]
+
+
+def now_ms() -> int:
+    """The current Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def normalize_database_url(url: str) -> str:
+    """Map a plain ``sqlite://`` or ``postgresql://`` URL to its async driver (aiosqlite, asyncpg)."""
+    parsed = make_url(url)
+    driver = parsed.drivername
+    if driver in ("sqlite", "sqlite+pysqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif driver in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(f"unsupported database URL scheme {driver!r}: use sqlite or postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def encode_cursor(perform_at: int, task_id: str) -> str:
+    """An opaque cursor for the position after (perform_at, id)."""
+    return base64.urlsafe_b64encode(f"{perform_at}:{task_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Undo :func:`encode_cursor`.
+
+    Raises:
+        TaskValidationError: the cursor was not made by this service.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        perform_at, task_id = raw.split(":", 1)
+        return int(perform_at), task_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TaskValidationError(
+            "cursor is not valid", details=[{"field": "cursor", "message": "not a cursor from this service"}]
+        ) from exc
+
+
+def to_task(row: TaskRow) -> Task:
+    """The public view of a row, defaults filled in."""
+    leased = row.lease_owner is not None
+    return Task.model_validate(
+        {
+            "id": row.id,
+            "request": {
+                "url": row.url,
+                "method": row.method,
+                "headers": row.headers,
+                "params": row.params,
+                "body": row.body,
+                "timeout": row.timeout,
+            },
+            "perform_at": row.perform_at,
+            "retries": row.retries,
+            "retry_policy": row.retry_policy,
+            "depends_on": row.depends_on,
+            "status": row.status,
+            "attempts": row.attempts,
+            "last_response": row.last_response,
+            "last_error": row.last_error,
+            "next_attempt_at": None if leased or row.status not in _ACTIVE else row.due_at,
+            "flow_run_id": row.flow_run_id,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "completed_at": row.completed_at,
+        }
+    )
+
+
+def to_attempt(row: AttemptRow) -> Attempt:
+    """The public view of an attempt row."""
+    return Attempt(
+        number=row.number,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        status=row.status,
+        error=row.error,
+        duration_ms=row.duration_ms,
+    )
+
+
+class Store:
+    """Async access to the task tables.
+
+    Args:
+        url: a SQLAlchemy URL; ``sqlite://`` and ``postgresql://`` are mapped to their async drivers.
+        echo: log every statement (debugging).
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalize_database_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args={"timeout": 60})
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_async_engine(self.url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self._read = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._write = async_sessionmaker(
+            self.engine.execution_options(hexlabs_write=True), class_=AsyncSession, expire_on_commit=False
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration (Alembic ``upgrade head``)."""
+        from hexlabs_tasks._migrate import upgrade
+
+        # Alembic's command API is synchronous and runs its own event loop; keep it off this one.
+        await asyncio.to_thread(upgrade, self.url)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads."""
+        async with _translated(), self._read() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session whose transaction takes the write lock at once and commits when the block ends."""
+        async with _translated(), self._write() as session, session.begin():
+            yield session
+
+    # -- tasks -----------------------------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskRow | None:
+        """The row of one task, or None."""
+        async with self.read() as session:
+            return await session.get(TaskRow, task_id)
+
+    async def get_many(self, task_ids: Iterable[str]) -> dict[str, TaskRow]:
+        """The rows of the given ids that exist, by id."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        async with self.read() as session:
+            query = select(TaskRow).where(_T.id.in_(ids))
+            return {row.id: row for row in (await session.execute(query)).scalars()}
+
+    async def insert(
+        self,
+        row: TaskRow,
+        *,
+        idempotency: IdempotencyRow | None = None,
+        dependencies: Sequence[str] = (),
+    ) -> None:
+        """Store a new task (with its idempotency key and dependency edges) in one transaction."""
+        async with self.write() as session:
+            if idempotency is not None:
+                await session.execute(
+                    delete(IdempotencyRow).where(
+                        _I.key == idempotency.key,
+                        _I.created_at < idempotency.created_at - 86_400_000,
+                    )
+                )
+                session.add(idempotency)
+            session.add(row)
+            for dep in dependencies:
+                session.add(DependencyRow(task_id=row.id, depends_on_id=dep))
+
+    async def idempotency(self, key: str, *, since: int) -> IdempotencyRow | None:
+        """The idempotency record of ``key`` created at or after ``since``."""
+        async with self.read() as session:
+            found = await session.get(IdempotencyRow, key)
+            return found if found is not None and found.created_at >= since else None
+
+    async def compare_and_set(
+        self,
+        task_id: str,
+        version: int,
+        values: dict[str, Any],
+        *,
+        dependencies: Sequence[str] | None = None,
+    ) -> TaskRow | None:
+        """Change a task if its ``version`` is still the one read; the new row, or None if it moved on."""
+        async with self.write() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.version == version)
+                .values(**values, version=_T.version + 1)
+                .returning(TaskRow)
+                .execution_options(synchronize_session=False)
+            )
+            row = result.scalars().one_or_none()
+            if row is not None and dependencies is not None:
+                await session.execute(delete(DependencyRow).where(_D.task_id == task_id))
+                for dep in dependencies:
+                    session.add(DependencyRow(task_id=task_id, depends_on_id=dep))
+            return row
+
+    async def delete(self, task_id: str) -> TaskRow | None:
+        """Remove a task with its attempts, dependency edges and idempotency keys; the removed row or None."""
+        async with self.write() as session:
+            result = await session.execute(
+                delete(TaskRow)
+                .where(TaskRow.id == task_id)
+                .returning(TaskRow)
+                .execution_options(synchronize_session=False)
+            )
+            row: TaskRow | None = result.scalars().one_or_none()
+            if row is None:
+                return None
+            await session.execute(delete(AttemptRow).where(_A.task_id == task_id))
+            await session.execute(delete(DependencyRow).where(_D.task_id == task_id))
+            await session.execute(delete(IdempotencyRow).where(_I.task_id == task_id))
+            return row
+
+    async def list(
+        self, *, status: str | None, limit: int, after: tuple[int, str] | None
+    ) -> tuple[builtins.list[TaskRow], tuple[int, str] | None]:
+        """One page of tasks, oldest ``perform_at`` first, and the position after its last row (or None)."""
+        query = select(TaskRow)
+        if status is not None:
+            query = query.where(TaskRow.status == status)
+        if after is not None:
+            perform_at, task_id = after
+            query = query.where(
+                or_(
+                    _T.perform_at > perform_at,
+                    and_(TaskRow.perform_at == perform_at, _T.id > task_id),
+                )
+            )
+        query = query.order_by(_T.perform_at, _T.id).limit(limit + 1)
+        async with self.read() as session:
+            rows = list((await session.execute(query)).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, ((rows[-1].perform_at, rows[-1].id) if more and rows else None)
+
+    async def attempts(self, task_id: str) -> builtins.list[AttemptRow]:
+        """Every attempt of a task, oldest first, earlier generations included."""
+        async with self.read() as session:
+            query = select(AttemptRow).where(_A.task_id == task_id).order_by(_A.id)
+            return list((await session.execute(query)).scalars())
+
+    async def count(self, status: str | None = None) -> int:
+        """How many tasks there are (with a status, if given)."""
+        query = select(func.count()).select_from(TaskRow)
+        if status is not None:
+            query = query.where(TaskRow.status == status)
+        async with self.read() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    # -- the worker's side -----------------------------------------------------------------------------------
+
+    async def next_due_at(self) -> int | None:
+        """The earliest ``due_at`` of a task no worker holds, or None."""
+        query = select(func.min(_T.due_at)).where(
+            _T.lease_owner.is_(None),
+            _T.due_at.is_not(None),
+        )
+        async with self.read() as session:
+            value = (await session.execute(query)).scalar_one_or_none()
+            return int(value) if value is not None else None
+
+    async def claim_due(
+        self, *, owner: str, now: int, lease_until: int, limit: int, task_id: str | None = None
+    ) -> builtins.list[TaskRow]:
+        """Atomically take up to ``limit`` due tasks (or just ``task_id``) for ``owner``; each turns running.
+
+        The condition is re-checked on every row the ``UPDATE`` touches, so a task another worker took in the
+        meantime is skipped: no two workers ever hold the same attempt.
+        """
+        due = and_(
+            _T.due_at <= now,
+            _T.lease_owner.is_(None),
+            _T.status.in_(_ACTIVE),
+        )
+        if task_id is not None:
+            due = and_(due, TaskRow.id == task_id)
+        candidates = select(_T.id).where(due).order_by(_T.due_at).limit(limit)
+        statement = (
+            update(TaskRow)
+            .where(_T.id.in_(candidates.scalar_subquery()), due)
+            .values(
+                status=TaskStatus.RUNNING.value,
+                lease_owner=owner,
+                lease_expires_at=lease_until,
+                attempt_started_at=now,
+                attempts=_T.attempts + 1,
+                due_at=None,
+                version=_T.version + 1,
+                updated_at=now,
+            )
+            .returning(TaskRow)
+            .execution_options(synchronize_session=False)
+        )
+        async with self.write() as session:
+            rows = list((await session.execute(statement)).scalars().all())
+        rows.sort(key=lambda r: (r.perform_at, r.id))
+        return rows
+
+    async def renew_leases(self, *, owner: str, task_ids: Sequence[str], lease_until: int) -> set[str]:
+        """Extend ``owner``'s hold on its running tasks; returns the ids it still holds (others were deleted)."""
+        if not task_ids:
+            return set()
+        async with self.write() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(_T.id.in_(list(task_ids)), TaskRow.lease_owner == owner)
+                .values(lease_expires_at=lease_until)
+                .returning(_T.id)
+                .execution_options(synchronize_session=False)
+            )
+            return {r[0] for r in result.all()}
+
+    async def finish_attempt(
+        self,
+        *,
+        task_id: str,
+        owner: str,
+        attempt: AttemptRow,
+        values: dict[str, Any],
+        expired_before: int | None = None,
+    ) -> TaskRow | None:
+        """Record an attempt and release the task, if ``owner`` still holds that attempt; else None.
+
+        With ``expired_before``, only if the hold expired before then (taking over a dead worker's attempt).
+        """
+        conditions: builtins.list[ColumnElement[bool]] = [
+            TaskRow.id == task_id,
+            TaskRow.lease_owner == owner,
+            TaskRow.attempts == attempt.number,
+        ]
+        if expired_before is not None:
+            conditions.append(_T.lease_expires_at < expired_before)
+        async with self.write() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(*conditions)
+                .values(**values, lease_owner=None, lease_expires_at=None, version=_T.version + 1)
+                .returning(TaskRow)
+                .execution_options(synchronize_session=False)
+            )
+            row = result.scalars().one_or_none()
+            if row is not None:
+                session.add(attempt)
+            return row
+
+    async def release(self, *, task_id: str, owner: str, attempts: int, due_at: int) -> bool:
+        """Give a claimed attempt back unperformed (a worker shutting down): due again, attempt not counted."""
+        async with self.write() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.attempts == attempts)
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempt_started_at=None,
+                    attempts=_T.attempts - 1,
+                    due_at=due_at,
+                    version=_T.version + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    async def expired_leases(self, *, now: int, limit: int = 200) -> builtins.list[TaskRow]:
+        """Running attempts whose worker stopped renewing its hold (it died)."""
+        query = select(TaskRow).where(_T.lease_owner.is_not(None), _T.lease_expires_at < now).limit(limit)
+        async with self.read() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def owed_to_prefect(self, *, limit: int = 200) -> builtins.list[TaskRow]:
+        """Tasks whose flow run has not yet been moved to the state the row says."""
+        query = select(TaskRow).where(_T.prefect_owed.is_not(None)).limit(limit)
+        async with self.read() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def settle_prefect(self, owed: dict[str, str]) -> None:
+        """Clear ``prefect_owed`` on rows that still owe the state that was just delivered."""
+        if not owed:
+            return
+        async with self.write() as session:
+            for task_id, state in owed.items():
+                await session.execute(
+                    update(TaskRow)
+                    .where(TaskRow.id == task_id, TaskRow.prefect_owed == state)
+                    .values(prefect_owed=None)
+                    .execution_options(synchronize_session=False)
+                )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for write sessions (the SQLAlchemy aiosqlite recipe)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        immediate = connection.get_execution_options().get("hexlabs_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """Map a database that cannot be reached to ServiceUnavailable; other errors pass through."""
+    try:
+        yield
+    except (OSError, ConnectionError) as exc:
+        raise ServiceUnavailable(f"the task database cannot be reached: {exc}") from exc
+    except SQLAlchemyError as exc:
+        if getattr(exc, "connection_invalidated", False) or "unable to open" in str(exc):
+            raise ServiceUnavailable(f"the task database cannot be reached: {exc}") from exc
+        raise
