@@ -107,7 +107,7 @@ def _unix_ms(value: Any) -> Any:
 
 UnixMs = Annotated[StrictInt, Field(ge=0, le=MAX_PERFORM_AT_MS)]
 ParamValue = StrictBool | StrictInt | StrictFloat | StrictStr
-Number = StrictFloat | StrictInt  # JSON numbers only: no "5" strings, no booleans
+Number = StrictFloat  # JSON numbers only (ints accepted): no "5" strings, no booleans
 
 
 class _Wire(BaseModel):

@@ -272,11 +272,6 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header, NOW) == expected
 
 
-@pytest.mark.xfail(
-    reason="_retry.parse_retry_after: str.isdigit() is true for Unicode digits like '²', which float() "
-    "rejects, so an odd Retry-After makes decide() raise ValueError instead of falling back",
-    strict=True,
-)
 def test_retry_after_with_non_ascii_digits_falls_back_instead_of_raising() -> None:
     decision = decide(policy(), attempt=1, retries=3, status=503, retry_after="²", now=NOW)
     assert decision.delay == 1.0
