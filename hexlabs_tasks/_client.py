@@ -8,12 +8,12 @@ that yields "send this" or "sleep this long". The twins only send and sleep.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-import builtins
 from typing import Any, Generic, Self, TypeVar
 
 import httpx

@@ -22,9 +22,8 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import LogCreate
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.client.schemas.objects import State
 from prefect.states import AwaitingRetry, Cancelled, Completed, Failed, Running, Scheduled
 
 from hexlabs_tasks._exceptions import ServiceUnavailable

@@ -21,10 +21,9 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, delete, event, func, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
 
 from hexlabs_tasks._exceptions import ServiceUnavailable, TaskValidationError
 from hexlabs_tasks._models import Attempt, Task, TaskStatus

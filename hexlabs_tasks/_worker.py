@@ -26,8 +26,9 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -91,6 +92,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._delivered: dict[str, str] = {}
+        self._mirrors: set[asyncio.Task[None]] = set()
         self.performed = 0
 
     def wake(self) -> None:
@@ -113,6 +115,8 @@ class Worker:
             await self._loop(stop)
         finally:
             await self._shutdown()
+            if self._mirrors:
+                await asyncio.wait(set(self._mirrors), timeout=max(self.shutdown_grace, 5.0))
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -189,14 +193,12 @@ class Worker:
         running: asyncio.Task[None] | None = None
         if self.bridge is not None and row.flow_run_id:
             # Mark the run Running beside the request, not before it: the request's timing comes first.
-            running = asyncio.create_task(self._mirror(row.flow_run_id, RUNNING))
+            running = self._background(self._mirror(row.flow_run_id, RUNNING))
         try:
             outcome = await execute_attempt(
                 self.store, row, http=self._http, owner=self.worker_id, clock=self.clock, rand=self.rand
             )
         except asyncio.CancelledError:
-            if running is not None:
-                running.cancel()
             if row.id in self._dropped:
                 self._dropped.discard(row.id)
                 logger.info("task %s was deleted during its attempt; request cancelled", row.id)
@@ -205,13 +207,16 @@ class Worker:
         except Exception:
             logger.exception("attempt of task %s failed unexpectedly; its lease will expire and it is retried", row.id)
             return
-        finally:
-            if running is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await running
         self.performed += 1
         if outcome.row is not None:
-            await self._mirror_outcome(outcome)
+            # The slot is free once the attempt is recorded; Prefect hears of it in the background, in order.
+            self._background(self._mirror_outcome(outcome, after=running))
+
+    def _background(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(job)
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+        return task
 
     async def _mirror(
         self, flow_run_id: str, kind: str, *, message: str | None = None, at_ms: int | None = None
@@ -223,7 +228,10 @@ class Worker:
             logger.warning("could not set flow run %s %s: %s", flow_run_id, kind, exc)
             raise
 
-    async def _mirror_outcome(self, outcome: AttemptOutcome) -> None:
+    async def _mirror_outcome(self, outcome: AttemptOutcome, *, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            with contextlib.suppress(ServiceUnavailable):
+                await after  # Running before the final state
         row = outcome.row
         if self.bridge is None or row is None or not row.flow_run_id or row.prefect_owed is None:
             return

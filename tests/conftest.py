@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
+from support import HttpTarget
 
 from hexlabs_tasks import AsyncTasks, Tasks
 from hexlabs_tasks._serve import LocalPrefectServer
-from support import HttpTarget
 
 POSTGRES_ADMIN_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
 
@@ -74,8 +74,15 @@ def path() -> str:
 class Stack:
     """The API and workers of hexlabs-tasks as separate processes, on one database and one Prefect server."""
 
-    def __init__(self, workdir: Path, database_url: str, prefect_api_url: str, *, token: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        prefect_api_url: str,
+        *,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -105,8 +112,13 @@ class Stack:
         self._logs += 1
         self.last_log = self.workdir / f"{command}-{self._logs}.log"
         log = self.last_log.open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "hexlabs_tasks", command], env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hexlabs_tasks", command],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         return process
 
@@ -156,7 +168,9 @@ class Stack:
                 self.stop(process)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.workdir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.workdir.glob("*.log"))
+        )
 
     def client(self, **kwargs: Any) -> Tasks:
         return Tasks(base_url=self.url, token=self.token, **kwargs)
@@ -173,11 +187,17 @@ def make_stack(prefect_server: LocalPrefectServer, tmp_path_factory: pytest.Temp
     """Start API/worker stacks (their own database by default); all are stopped at the end of the session."""
     stacks: list[Stack] = []
 
-    def make(*, database_url: str | None = None, workers: int = 1, token: str | None = None,
-             env: dict[str, str] | None = None) -> Stack:
+    def make(
+        *,
+        database_url: str | None = None,
+        workers: int = 1,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Stack:
         workdir = tmp_path_factory.mktemp("stack")
-        stack = Stack(workdir, database_url or f"sqlite:///{workdir / 'tasks.db'}", prefect_server.api_url,
-                      token=token, env=env)
+        stack = Stack(
+            workdir, database_url or f"sqlite:///{workdir / 'tasks.db'}", prefect_server.api_url, token=token, env=env
+        )
         stacks.append(stack)
         stack.start_api()  # the API upgrades the schema first; workers start on a ready database
         for _ in range(workers):

@@ -42,12 +42,6 @@ VERSION_TABLE = "hexlabs_tasks_alembic_version"
 
 _UNSET: Any = object()
 
-# BUG (hexlabs_tasks/_store.py:27): the store's sessions are SQLModel's AsyncSession, whose ``execute()`` warns
-# "You probably want to use `session.exec()`" (a DeprecationWarning, an error under this project's
-# ``filterwarnings = error``) on every query the store makes. Ignored here so the behaviour can be tested;
-# ``test_store_queries_raise_no_deprecation_warning`` (strict xfail) tracks the fix.
-SESSION_EXEC_WARNING = r"ignore:(?s).*session\.exec\(\):DeprecationWarning"
-pytestmark = pytest.mark.filterwarnings(SESSION_EXEC_WARNING)
 
 
 def make_row(
@@ -834,11 +828,6 @@ async def test_idempotency_ignores_records_older_than_since(store: Store) -> Non
     assert await store.idempotency("other", since=0) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _store.py:27 uses sqlmodel's AsyncSession, whose execute() emits a DeprecationWarning; "
-    "use sqlalchemy.ext.asyncio.AsyncSession (or session.exec) instead",
-)
 async def test_store_queries_raise_no_deprecation_warning(store: Store) -> None:
     await store.insert(make_row("t1"))
     with warnings.catch_warnings(record=True) as caught:

@@ -8,7 +8,6 @@ from alembic import context
 from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
-
 from sqlmodel import SQLModel
 
 import hexlabs_tasks._tables  # noqa: F401 - registers the tables on SQLModel.metadata
