@@ -43,7 +43,6 @@ VERSION_TABLE = "hexlabs_tasks_alembic_version"
 _UNSET: Any = object()
 
 
-
 def make_row(
     task_id: str,
     *,

@@ -39,13 +39,6 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    return ".".join(parts) or "body"
-
-
 async def _domain(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HexlabsTasksError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
@@ -54,14 +47,7 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = [
-        {
-            "field": _field(tuple(e["loc"])),
-            "message": str(e["msg"]).removeprefix("Value error, "),
-            "type": e["type"],
-        }
-        for e in exc.errors()
-    ]
+    details = details_from(exc.errors())
     fields = ", ".join(sorted({d["field"] for d in details}))
     return error_response(422, "validation_error", f"invalid input: {fields}", details)
 
