@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hexlabs_tasks._exceptions import HexlabsTasksError
+from hexlabs_tasks._validation import details_from
 
 __all__ = ["error_response", "install_error_handlers"]
 
