@@ -112,8 +112,11 @@ class Stack:
         self._logs += 1
         self.last_log = self.workdir / f"{command}-{self._logs}.log"
         log = self.last_log.open("wb")
+        # cwd outside the checkout: `python -m` puts cwd first on sys.path, and the source tree's package lacks the
+        # flows/ and deployments/ subpackages that only the installed package has.
         process = subprocess.Popen(
             [sys.executable, "-m", "hexlabs_tasks", command],
+            cwd=self.workdir,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -255,7 +255,12 @@ def test_without_a_token_the_server_refuses_a_non_loopback_address(api: Stack) -
     env = {**api.env, "HEXLABS_TASKS_HOST": "0.0.0.0"}
     env.pop("HEXLABS_TASKS_TOKEN", None)
     result = subprocess.run(
-        [sys.executable, "-m", "hexlabs_tasks", "api"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "hexlabs_tasks", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=api.workdir,
     )
     assert result.returncode != 0
     assert "without a token" in result.stderr

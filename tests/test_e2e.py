@@ -175,7 +175,9 @@ def test_cli_create_performs_the_request_and_wait_reports_completed(
         "--retries",
         "1",
     ]
-    created = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=True)
+    created = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60, check=True, cwd=stack.workdir
+    )
     task = json.loads(created.stdout)
     assert task["retries"] == 1
 
@@ -187,6 +189,7 @@ def test_cli_create_performs_the_request_and_wait_reports_completed(
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=stack.workdir,
     )
     assert waited.returncode == 0, waited.stderr
     assert json.loads(waited.stdout)["status"] == "completed"
