@@ -147,21 +147,32 @@ class PrefectBridge:
             return False
 
     async def ensure_deployment(self) -> UUID:
-        """Register the flow and its deployment (idempotent: an existing one is updated) and return its id."""
+        """Find the deployment, or register the flow and the deployment if there is none, and return its id.
+
+        An existing deployment is left as it is: it may have been attached to a work pool with
+        ``prefect deploy`` (deployments/prefect.yaml) for stock Prefect workers, and re-registering would detach it.
+        """
         if self._deployment_id is None:
-            flow_id = await self._call("register the flow", lambda: self.client.create_flow_from_name(FLOW_NAME))
-            self._deployment_id = await self._call(
-                "register the deployment",
-                lambda: self.client.create_deployment(
-                    flow_id=flow_id,
-                    name=DEPLOYMENT_NAME,
-                    entrypoint=ENTRYPOINT,
-                    description=DESCRIPTION,
-                    tags=[TAG],
-                    parameter_openapi_schema=_PARAMETER_SCHEMA,
-                    enforce_parameter_schema=False,
-                ),
-            )
+            try:
+                found = await self._call(
+                    "read the deployment",
+                    lambda: self.client.read_deployment_by_name(f"{FLOW_NAME}/{DEPLOYMENT_NAME}"),
+                )
+                self._deployment_id = found.id
+            except ObjectNotFound:
+                flow_id = await self._call("register the flow", lambda: self.client.create_flow_from_name(FLOW_NAME))
+                self._deployment_id = await self._call(
+                    "register the deployment",
+                    lambda: self.client.create_deployment(
+                        flow_id=flow_id,
+                        name=DEPLOYMENT_NAME,
+                        entrypoint=ENTRYPOINT,
+                        description=DESCRIPTION,
+                        tags=[TAG],
+                        parameter_openapi_schema=_PARAMETER_SCHEMA,
+                        enforce_parameter_schema=False,
+                    ),
+                )
         return self._deployment_id
 
     async def create_run(self, task_id: str, *, generation: int, at_ms: int) -> str:

@@ -26,7 +26,7 @@ from hexlabs_tasks._models import (
     TaskStatus,
     TaskUpdate,
 )
-from hexlabs_tasks._prefect import CANCELLED, PrefectBridge
+from hexlabs_tasks._prefect import CANCELLED, SCHEDULED, PrefectBridge
 from hexlabs_tasks._store import Store, decode_cursor, encode_cursor, now_ms, to_attempt, to_task
 from hexlabs_tasks._tables import IdempotencyRow, TaskRow
 from hexlabs_tasks._validation import validate
@@ -226,11 +226,19 @@ class TaskService:
             if updated is None:
                 await self._undo_run(flow_run_id)
         else:
+            moved = patch.perform_at is not None and perform_at != row.perform_at
             if patch.perform_at is not None:
                 values["due_at"] = perform_at
-                if row.flow_run_id and perform_at != row.perform_at:
-                    await self.bridge.set_state(row.flow_run_id, "SCHEDULED", at_ms=perform_at)
+            # The store decides (a worker may have claimed the task meanwhile: then this is a conflict); Prefect
+            # is told afterwards, and if it cannot be reached the move is owed and the worker delivers it later.
             updated = await self.store.compare_and_set(task_id, row.version, values)
+            if updated is not None and moved and updated.flow_run_id:
+                try:
+                    await self.bridge.set_state(updated.flow_run_id, SCHEDULED, at_ms=perform_at)
+                except ServiceUnavailable as exc:
+                    logger.warning("flow run %s not moved yet (%s); the worker will retry", updated.flow_run_id, exc)
+                    owed = await self.store.compare_and_set(task_id, updated.version, {"prefect_owed": SCHEDULED})
+                    updated = owed or updated
         if updated is None:
             raise TaskConflict(
                 f"task {task_id} changed while it was being updated (it may have started); read it again"
