@@ -68,13 +68,15 @@ class LocalPrefectServer:
     """``prefect server start`` as a child process, its data under ``home``.
 
     Args:
-        home: directory for Prefect's database and the server's log.
+        home: directory for Prefect's database (SQLite, unless ``database_url``) and the server's log.
         port: port on 127.0.0.1.
+        database_url: a ``postgresql+asyncpg://`` URL for Prefect's own database instead of SQLite.
     """
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, *, database_url: str | None = None) -> None:
         self.home = home
         self.port = port
+        self.database_url = database_url
         self.api_url = f"http://127.0.0.1:{port}/api"
         self.ui_url = f"http://127.0.0.1:{port}"
         self.log_path = home / "prefect-server.log"
@@ -97,6 +99,8 @@ class LocalPrefectServer:
             "PREFECT_UI_API_URL": self.api_url,
         }
         env.pop("PREFECT_API_URL", None)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [

@@ -52,13 +52,37 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
-    """A real Prefect server, started the way ``serve`` starts it, for the whole session."""
-    server = LocalPrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port())
+    """A real Prefect server, started the way ``serve`` starts it, for the whole session.
+
+    Its own database is PostgreSQL when that is reachable (Prefect writes are several times faster there and never
+    stall on locks, which keeps the suite short) and SQLite otherwise; test_serve.py covers serve's SQLite default.
+    """
+    admin = _postgres_admin_url()
+    database = f"hexlabs_prefect_{uuid.uuid4().hex[:12]}" if admin else None
+    if admin and database:
+        _admin_execute(admin, f'CREATE DATABASE "{database}"')
+    url = admin.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{database}" if admin else None
+    server = LocalPrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port(), database_url=url)
     server.start(timeout=180)
     try:
         yield server
     finally:
         server.stop()
+        if admin and database:
+            _admin_execute(admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _admin_execute(admin_url: str, statement: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(admin_url)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
 
 
 @pytest.fixture(scope="session")
@@ -255,8 +279,6 @@ def _postgres_admin_url() -> str | None:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[Callable[[], str]]:
     """Make fresh PostgreSQL databases (dropped at the end); skips when PostgreSQL is not reachable."""
-    import asyncpg
-
     admin = _postgres_admin_url()
     if admin is None:
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
@@ -264,29 +286,13 @@ def postgres_database() -> Iterator[Callable[[], str]]:
 
     def make() -> str:
         name = f"hexlabs_e2e_{uuid.uuid4().hex[:12]}"
-
-        async def create() -> None:
-            connection = await asyncpg.connect(admin)
-            try:
-                await connection.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await connection.close()
-
-        asyncio.run(create())
+        _admin_execute(admin, f'CREATE DATABASE "{name}"')
         made.append(name)
         return admin.rsplit("/", 1)[0] + f"/{name}"
 
     yield make
-
-    async def drop() -> None:
-        connection = await asyncpg.connect(admin)
-        try:
-            for name in made:
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-    asyncio.run(drop())
+    for name in made:
+        _admin_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

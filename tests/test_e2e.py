@@ -6,6 +6,7 @@ when, what a read says, what Prefect shows.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
@@ -63,6 +64,18 @@ def prefect_run(stack: Stack, flow_run_id: str) -> dict[str, Any]:
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data
+
+
+async def create_concurrently(stack: Stack, bodies: list[dict[str, Any]], concurrency: int = 8) -> list[str]:
+    """Create tasks as several clients at once would."""
+    limit = asyncio.Semaphore(concurrency)
+    async with stack.async_client() as client:
+
+        async def create(body: dict[str, Any]) -> str:
+            async with limit:
+                return (await client.create(body)).id
+
+        return await asyncio.gather(*(create(body) for body in bodies))
 
 
 def client_attempts(stack: Stack, task_id: str) -> list[dict[str, Any]]:
@@ -402,9 +415,9 @@ def test_two_workers_perform_each_of_200_tasks_exactly_once(
 ) -> None:
     database_url = request.getfixturevalue("postgres_database")() if database == "postgres" else None
     stack = make_stack(database_url=database_url, workers=2)
-    due = now_ms() + 3000
+    due = now_ms() + 5000
+    ids = asyncio.run(create_concurrently(stack, [task_body(target, f"{path}/{n}", due) for n in range(200)]))
     with stack.client() as client:
-        ids = [client.create(task_body(target, f"{path}/{n}", due)).id for n in range(200)]
         wait_until(
             lambda: len([r for r in target.received() if r.path.startswith(path + "/")]) >= 200,
             timeout=90,
