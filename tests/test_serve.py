@@ -84,7 +84,10 @@ def _answers(url: str) -> bool:
     return True
 
 
-def test_serve_runs_everything_stops_on_ctrl_c_and_reuses_its_data(home: Path, target: HttpTarget, path: str) -> None:
+def test_serve_runs_everything_stops_on_ctrl_c_and_reuses_its_data(
+    tmp_path: Path, target: HttpTarget, path: str
+) -> None:
+    home = tmp_path
     first = Serve(home)
     try:
         first.start()
