@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from hexlabs_tasks._client import AsyncTasks, Tasks
+from hexlabs_tasks._events import TaskEvent
 from hexlabs_tasks._exceptions import (
     AuthenticationError,
     HexlabsTasksError,
@@ -47,6 +48,7 @@ __all__ = [
     "Task",
     "TaskConflict",
     "TaskCreate",
+    "TaskEvent",
     "TaskNotFound",
     "TaskPage",
     "TaskStatus",

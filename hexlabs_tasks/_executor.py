@@ -20,10 +20,10 @@ from hexlabs_tasks._models import RequestSpec, RetryPolicy, TaskStatus
 from hexlabs_tasks._performer import AttemptResult, perform
 from hexlabs_tasks._prefect import AWAITING_RETRY, COMPLETED, FAILED
 from hexlabs_tasks._retry import Decision, Verdict, decide
-from hexlabs_tasks._store import Store, now_ms
-from hexlabs_tasks._tables import AttemptRow, TaskRow
+from hexlabs_tasks._store import Store, now_ms, task_event
+from hexlabs_tasks._tables import AttemptRow, EventRow, TaskRow
 
-__all__ = ["AttemptOutcome", "attempt_line", "execute_attempt", "outcome_values", "spec_of"]
+__all__ = ["AttemptOutcome", "attempt_line", "execute_attempt", "outcome_events", "outcome_values", "spec_of"]
 
 _EXCERPT = 1024
 _PREFECT_STATE = {Verdict.COMPLETED: COMPLETED, Verdict.FAILED: FAILED, Verdict.RETRY: AWAITING_RETRY}
@@ -71,6 +71,30 @@ def outcome_values(row: TaskRow, decision: Decision, now: int, last_response: di
             last_error=decision.reason,
         )
     return values
+
+
+def outcome_events(row: TaskRow, attempt: AttemptRow, decision: Decision, now: int) -> list[EventRow]:
+    """The stream events of a finished attempt: ``attempt_finished``, then ``completed`` or ``failed`` if final."""
+    status = {Verdict.COMPLETED: "completed", Verdict.FAILED: "failed"}.get(decision.verdict, TaskStatus.RUNNING.value)
+    events = [
+        task_event(
+            row.id,
+            "attempt_finished",
+            status,
+            now,
+            {
+                "attempt": attempt.number,
+                "httpStatus": attempt.status,
+                "error": attempt.error,
+                "durationMs": attempt.duration_ms,
+            },
+        ),
+    ]
+    if decision.verdict is not Verdict.RETRY:
+        events.append(
+            task_event(row.id, status, status, now, {"error": decision.reason} if status == "failed" else None)
+        )
+    return events
 
 
 def attempt_line(row: TaskRow, number: int, result: AttemptResult, decision: Decision) -> str:
@@ -129,5 +153,6 @@ async def execute_attempt(
         owner=owner,
         attempt=attempt,
         values=outcome_values(row, decision, finished, result.last_response()),
+        events=outcome_events(row, attempt, decision, finished),
     )
     return AttemptOutcome(row=new_row, decision=decision, result=result, number=number)

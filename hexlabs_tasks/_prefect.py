@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -29,7 +29,7 @@ from prefect.states import AwaitingRetry, Cancelled, Completed, Failed, Running,
 from hexlabs_tasks._exceptions import ServiceUnavailable
 from hexlabs_tasks.deployments import DEPLOYMENT_NAME, DESCRIPTION, ENTRYPOINT, FLOW_NAME, TAG
 
-__all__ = ["PrefectBridge", "RunState", "resolve_prefect_api_url"]
+__all__ = ["PrefectBridge", "RunState", "chain_tags", "resolve_prefect_api_url"]
 
 logger = logging.getLogger("hexlabs_tasks.prefect")
 T = TypeVar("T")
@@ -59,6 +59,11 @@ def resolve_prefect_api_url(configured: str | None, prefect_port: int) -> str:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or f"http://127.0.0.1:{prefect_port}/api"
+
+
+def chain_tags(chain_id: str | None, step: int) -> list[str]:
+    """The Prefect tags of a task in a chain: ``chain:<first task id>`` and ``chain-step:<n>`` (1-based)."""
+    return [] if chain_id is None else [f"chain:{chain_id}", f"chain-step:{step}"]
 
 
 def _at(ms: int) -> datetime:
@@ -175,8 +180,11 @@ class PrefectBridge:
                 )
         return self._deployment_id
 
-    async def create_run(self, task_id: str, *, generation: int, at_ms: int) -> str:
-        """Create the task's flow run, scheduled at ``at_ms``; the same (task, generation) gives the same run."""
+    async def create_run(self, task_id: str, *, generation: int, at_ms: int, tags: Sequence[str] = ()) -> str:
+        """Create the task's flow run, scheduled at ``at_ms``; the same (task, generation) gives the same run.
+
+        ``tags`` are added to ``hexlabs-tasks`` (a chain's tags, so its runs can be found together and in order).
+        """
         deployment_id = await self.ensure_deployment()
         run: FlowRun = await self._call(
             "create a flow run",
@@ -185,7 +193,7 @@ class PrefectBridge:
                 parameters={"task_id": task_id},
                 state=Scheduled(scheduled_time=_at(at_ms)),
                 name=task_id,
-                tags=[TAG],
+                tags=[TAG, *tags],
                 idempotency_key=f"hexlabs-tasks:{task_id}:{generation}",
             ),
         )
@@ -203,6 +211,12 @@ class PrefectBridge:
             )
         except ObjectNotFound:
             logger.warning("flow run %s is gone from Prefect; not setting %s", flow_run_id, kind)
+
+    async def add_tags(self, flow_run_id: str, tags: Sequence[str]) -> None:
+        """Add tags to an existing run (a task that became the first of a chain)."""
+        run = await self.read_run(flow_run_id)
+        merged = list(dict.fromkeys([*run.tags, *tags]))
+        await self._call("tag a flow run", lambda: self.client.update_flow_run(UUID(flow_run_id), tags=merged))
 
     async def delete_run(self, flow_run_id: str) -> None:
         """Remove a run (used to undo a creation whose task could not be stored)."""

@@ -236,7 +236,7 @@ async def _run_all(
                 jobs.append(the_worker.run(stop))
             if api:
                 service = TaskService(store, bridge, on_change=the_worker.wake if the_worker else None)
-                jobs.append(_serve_http(_uvicorn(create_app(settings, service=service), settings), stop))
+                jobs.append(_serve_http(_uvicorn(create_app(settings, service=service, stopping=stop), settings), stop))
             for name, value in banner.items():
                 console.print(f"  [bold]{name:<12}[/] {value}")
             console.print("Press Ctrl-C to stop.")

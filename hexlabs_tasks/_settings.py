@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     prefect_concurrency: int = Field(
         default=8, ge=1, le=200, description="Prefect API calls one process makes at once."
     )
+    events_window: int = Field(
+        default=10_000,
+        ge=100,
+        le=10_000_000,
+        description="How many of the most recent task events the API keeps, so that a client of the live stream "
+        "(GET /api/events) that reconnects with Last-Event-ID gets what it missed; older ones are pruned every "
+        "minute.",
+    )
 
     @property
     def resolved_home(self) -> Path:

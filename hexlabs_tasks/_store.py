@@ -14,7 +14,7 @@ import asyncio
 import base64
 import builtins
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from hexlabs_tasks._exceptions import ServiceUnavailable, TaskValidationError
 from hexlabs_tasks._models import Attempt, Task, TaskStatus
-from hexlabs_tasks._tables import AttemptRow, DependencyRow, IdempotencyRow, TaskRow
+from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
 __all__ = [
     "Store",
@@ -40,11 +40,20 @@ __all__ = [
 ]
 
 _ACTIVE = (TaskStatus.PENDING.value, TaskStatus.RUNNING.value)
+_ACTIVE_OR_DONE = (*_ACTIVE, TaskStatus.COMPLETED.value)
 # Typed column collections: SQLModel's class attributes look like plain values to a type checker.
-_T = cast(Table, TaskRow.__table__).c  # type: ignore[attr-defined]
+_TASKS = cast(Table, TaskRow.__table__)  # type: ignore[attr-defined]
+_DEPENDENCIES = cast(Table, DependencyRow.__table__)  # type: ignore[attr-defined]
+_T = _TASKS.c
 _A = cast(Table, AttemptRow.__table__).c  # type: ignore[attr-defined]
-_D = cast(Table, DependencyRow.__table__).c  # type: ignore[attr-defined]
+_D = _DEPENDENCIES.c
 _I = cast(Table, IdempotencyRow.__table__).c  # type: ignore[attr-defined]
+_E = cast(Table, EventRow.__table__).c  # type: ignore[attr-defined]
+
+
+def task_event(task_id: str, type_: str, status: str | None, at: int, data: dict[str, Any] | None = None) -> EventRow:
+    """An event row for the live stream (written in the same transaction as the change it describes)."""
+    return EventRow(task_id=task_id, type=type_, status=status, at=at, data=data)
 
 
 def now_ms() -> int:
@@ -200,8 +209,9 @@ class Store:
         *,
         idempotency: IdempotencyRow | None = None,
         dependencies: Sequence[str] = (),
+        events: Sequence[EventRow] = (),
     ) -> None:
-        """Store a new task (with its idempotency key and dependency edges) in one transaction."""
+        """Store a new task (with its idempotency key, dependency edges and events) in one transaction."""
         async with self.write() as session:
             if idempotency is not None:
                 await session.execute(
@@ -214,6 +224,89 @@ class Store:
             session.add(row)
             for dep in dependencies:
                 session.add(DependencyRow(task_id=row.id, depends_on_id=dep))
+            session.add_all(list(events))  # last: an event id is taken as late as possible before the commit
+
+    async def insert_chain(
+        self, rows: Sequence[TaskRow], dependencies: Mapping[str, Sequence[str]], events: Sequence[EventRow] = ()
+    ) -> None:
+        """Store several new tasks and their dependency edges in one transaction (all or nothing)."""
+        async with self.write() as session:
+            session.add_all(list(rows))
+            for task_id, deps in dependencies.items():
+                session.add_all([DependencyRow(task_id=task_id, depends_on_id=dep) for dep in deps])
+            session.add_all(list(events))
+
+    async def dependencies_of(self, task_ids: Iterable[str]) -> dict[str, builtins.list[str]]:
+        """The direct dependencies of each given task (tasks without any are left out)."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        async with self.read() as session:
+            rows = (await session.execute(select(_D.task_id, _D.depends_on_id).where(_D.task_id.in_(ids)))).all()
+        found: dict[str, builtins.list[str]] = {}
+        for task_id, dep in rows:
+            found.setdefault(task_id, []).append(dep)
+        return found
+
+    async def recheck_waiting(self, task_ids: Iterable[str] | None, now: int) -> builtins.list[TaskRow]:
+        """Release or cancel waiting tasks from their dependencies' committed state; returns the cancelled rows.
+
+        A pending task with dependencies and no due time is released (due at the later of its performAt and its
+        last dependency's completion) once every dependency completed, and cancelled (with its own dependents)
+        once one failed, was cancelled or is gone. Called after a dependent is stored (a dependency may have
+        finished meanwhile) and periodically by workers (``task_ids`` None: every waiting task).
+        """
+        query = select(TaskRow).where(_T.status == TaskStatus.PENDING.value, _T.due_at.is_(None))
+        if task_ids is not None:
+            query = query.where(_T.id.in_(list(task_ids)))
+        cancelled: builtins.list[str] = []
+        async with self.write() as session:
+            for waiting in (await session.execute(query.limit(1000))).scalars().all():
+                deps = (
+                    await session.execute(
+                        select(_D.depends_on_id, _T.status, _T.completed_at)
+                        .select_from(_DEPENDENCIES.outerjoin(_TASKS, _T.id == _D.depends_on_id))
+                        .where(_D.task_id == waiting.id)
+                    )
+                ).all()
+                ended = next(((dep, status) for dep, status, _ in deps if status not in _ACTIVE_OR_DONE), None)
+                if ended is not None:
+                    dep, status = ended
+                    how = "was deleted" if status is None else ("failed" if status == "failed" else "was cancelled")
+                    await session.execute(
+                        update(TaskRow)
+                        .where(_T.id == waiting.id, _T.status == TaskStatus.PENDING.value, _T.due_at.is_(None))
+                        .values(
+                            status=TaskStatus.CANCELLED.value,
+                            completed_at=now,
+                            updated_at=now,
+                            last_error=f"dependency {dep} {how}",
+                            prefect_owed="CANCELLED",
+                            version=_T.version + 1,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.add(
+                        task_event(
+                            waiting.id,
+                            "cancelled",
+                            TaskStatus.CANCELLED.value,
+                            now,
+                            {"error": f"dependency {dep} {how}"},
+                        )
+                    )
+                    cancelled.append(waiting.id)
+                    cancelled += await _cancel_dependents(session, {waiting.id: "was cancelled"}, now)
+                elif all(status == TaskStatus.COMPLETED.value for _, status, _ in deps):
+                    last = max((done or 0 for _, _, done in deps), default=0)
+                    await session.execute(
+                        update(TaskRow)
+                        .where(_T.id == waiting.id, _T.status == TaskStatus.PENDING.value, _T.due_at.is_(None))
+                        .values(due_at=max(waiting.perform_at, last), updated_at=now, version=_T.version + 1)
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.add(task_event(waiting.id, "released", TaskStatus.PENDING.value, now))
+        return list((await self.get_many(cancelled)).values())
 
     async def idempotency(self, key: str, *, since: int) -> IdempotencyRow | None:
         """The idempotency record of ``key`` created at or after ``since``."""
@@ -228,6 +321,7 @@ class Store:
         values: dict[str, Any],
         *,
         dependencies: Sequence[str] | None = None,
+        events: Sequence[EventRow] = (),
     ) -> TaskRow | None:
         """Change a task if its ``version`` is still the one read; the new row, or None if it moved on."""
         async with self.write() as session:
@@ -239,13 +333,15 @@ class Store:
                 .execution_options(synchronize_session=False)
             )
             row = result.scalars().one_or_none()
+            if row is not None:
+                session.add_all(list(events))
             if row is not None and dependencies is not None:
                 await session.execute(delete(DependencyRow).where(_D.task_id == task_id))
                 for dep in dependencies:
                     session.add(DependencyRow(task_id=task_id, depends_on_id=dep))
             return row
 
-    async def delete(self, task_id: str) -> TaskRow | None:
+    async def delete(self, task_id: str, *, events: Sequence[EventRow] = ()) -> TaskRow | None:
         """Remove a task with its attempts, dependency edges and idempotency keys; the removed row or None."""
         async with self.write() as session:
             result = await session.execute(
@@ -260,6 +356,8 @@ class Store:
             await session.execute(delete(AttemptRow).where(_A.task_id == task_id))
             await session.execute(delete(DependencyRow).where(_D.task_id == task_id))
             await session.execute(delete(IdempotencyRow).where(_I.task_id == task_id))
+            session.add_all(list(events))
+            await _cancel_dependents(session, {task_id: "was deleted"}, now_ms())
             return row
 
     async def list(
@@ -344,6 +442,9 @@ class Store:
         )
         async with self.write() as session:
             rows = list((await session.execute(statement)).scalars().all())
+            session.add_all(
+                [task_event(r.id, "running", TaskStatus.RUNNING.value, now, {"attempt": r.attempts}) for r in rows]
+            )
         rows.sort(key=lambda r: (r.perform_at, r.id))
         return rows
 
@@ -369,6 +470,7 @@ class Store:
         attempt: AttemptRow,
         values: dict[str, Any],
         expired_before: int | None = None,
+        events: Sequence[EventRow] = (),
     ) -> TaskRow | None:
         """Record an attempt and release the task, if ``owner`` still holds that attempt; else None.
 
@@ -392,6 +494,12 @@ class Store:
             row = result.scalars().one_or_none()
             if row is not None:
                 session.add(attempt)
+                session.add_all(list(events))
+                now = int(values.get("updated_at", now_ms()))
+                if row.status == TaskStatus.COMPLETED.value:
+                    await _release_dependents(session, row.id, now)
+                elif row.status == TaskStatus.FAILED.value:
+                    await _cancel_dependents(session, {row.id: "failed"}, now)
             return row
 
     async def release(self, *, task_id: str, owner: str, attempts: int, due_at: int) -> bool:
@@ -436,6 +544,129 @@ class Store:
                     .values(prefect_owed=None)
                     .execution_options(synchronize_session=False)
                 )
+
+    # -- the event log ---------------------------------------------------------------------------------------
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        task_id: str | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 500,
+    ) -> builtins.list[EventRow]:
+        """Events with an id above ``after_id``, oldest first, optionally of one task and some statuses."""
+        query = select(EventRow).where(_E.id > after_id)
+        if task_id is not None:
+            query = query.where(_E.task_id == task_id)
+        if statuses:
+            query = query.where(_E.status.in_(list(statuses)))
+        query = query.order_by(_E.id).limit(limit)
+        async with self.read() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def event_bounds(self) -> tuple[int, int]:
+        """(oldest kept event id, newest event id); (0, 0) when there are none."""
+        async with self.read() as session:
+            low, high = (await session.execute(select(func.min(_E.id), func.max(_E.id)))).one()
+            return int(low or 0), int(high or 0)
+
+    async def prune_events(self, *, keep: int) -> int:
+        """Keep only the newest ``keep`` events; returns how many were removed."""
+        _, newest = await self.event_bounds()
+        if newest <= keep:
+            return 0
+        async with self.write() as session:
+            result = await session.execute(delete(EventRow).where(_E.id <= newest - keep))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _release_dependents(session: AsyncSession, task_id: str, now: int) -> None:
+    """Make due the pending dependents of a task that just completed whose every dependency is now completed.
+
+    It runs in the transaction that records the completion, so a worker that dies right after cannot leave a
+    dependent waiting for ever. A released task runs at the later of its performAt and now.
+    """
+    waiting = (
+        (
+            await session.execute(
+                select(TaskRow).where(
+                    _T.id.in_(select(_D.task_id).where(_D.depends_on_id == task_id)),
+                    _T.status == TaskStatus.PENDING.value,
+                    _T.due_at.is_(None),
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for dependent in waiting:
+        statuses = (
+            (
+                await session.execute(
+                    select(_T.status)
+                    .select_from(_DEPENDENCIES.outerjoin(_TASKS, _T.id == _D.depends_on_id))
+                    .where(_D.task_id == dependent.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if all(status == TaskStatus.COMPLETED.value for status in statuses):
+            await session.execute(
+                update(TaskRow)
+                .where(_T.id == dependent.id, _T.status == TaskStatus.PENDING.value, _T.due_at.is_(None))
+                .values(due_at=max(dependent.perform_at, now), updated_at=now, version=_T.version + 1)
+                .execution_options(synchronize_session=False)
+            )
+            session.add(task_event(dependent.id, "released", TaskStatus.PENDING.value, now, {"after": task_id}))
+
+
+async def _cancel_dependents(session: AsyncSession, ended: dict[str, str], now: int) -> builtins.list[str]:
+    """Cancel, transitively, the pending tasks that depend on tasks that failed, were cancelled or deleted.
+
+    ``ended`` maps a task id to how it ended, in words ("failed", "was deleted"); each cancelled dependent's
+    lastError names the dependency that held it back. Returns the ids cancelled.
+    """
+    cancelled: builtins.list[str] = []
+    frontier = dict(ended)
+    while frontier:
+        edges = (
+            await session.execute(select(_D.task_id, _D.depends_on_id).where(_D.depends_on_id.in_(list(frontier))))
+        ).all()
+        following: dict[str, str] = {}
+        for dependent, dependency in edges:
+            if dependent in following or dependent in cancelled:
+                continue
+            result = await session.execute(
+                update(TaskRow)
+                .where(_T.id == dependent, _T.status == TaskStatus.PENDING.value)
+                .values(
+                    status=TaskStatus.CANCELLED.value,
+                    due_at=None,
+                    completed_at=now,
+                    updated_at=now,
+                    last_error=f"dependency {dependency} {frontier[dependency]}",
+                    prefect_owed="CANCELLED",
+                    version=_T.version + 1,
+                )
+                .returning(_T.id)
+                .execution_options(synchronize_session=False)
+            )
+            if result.first() is not None:
+                cancelled.append(dependent)
+                following[dependent] = "was cancelled"
+                session.add(
+                    task_event(
+                        dependent,
+                        "cancelled",
+                        TaskStatus.CANCELLED.value,
+                        now,
+                        {"error": f"dependency {dependency} {frontier[dependency]}"},
+                    )
+                )
+        frontier = following
+    return cancelled
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["AttemptRow", "DependencyRow", "IdempotencyRow", "TaskRow"]
+__all__ = ["AttemptRow", "DependencyRow", "EventRow", "IdempotencyRow", "TaskRow"]
 
 
 def _json(nullable: bool = False) -> Any:
@@ -59,6 +59,10 @@ class TaskRow(SQLModel, table=True):
     # happened yet); NULL when Prefect agrees with this row.
     prefect_owed: str | None = Field(default=None, max_length=32)
     version: int = 0
+    # The chain a task belongs to (the id of its first task) and its place in it, 1-based: shown in Prefect as
+    # tags so the runs of one chain can be found together and in order.
+    chain_id: str | None = Field(default=None, max_length=64)
+    chain_step: int = 1
     created_at: int = Field(sa_type=BigInteger)
     updated_at: int = Field(sa_type=BigInteger)
     completed_at: int | None = Field(default=None, sa_type=BigInteger)
@@ -101,3 +105,17 @@ class IdempotencyRow(SQLModel, table=True):
     request_hash: str = Field(max_length=64)
     task_id: str = Field(max_length=64)
     created_at: int = Field(sa_type=BigInteger)
+
+
+class EventRow(SQLModel, table=True):
+    """One change in a task's life, for the live event stream (a bounded window of the most recent ones)."""
+
+    __tablename__ = "hexlabs_task_events"
+    __table_args__ = (Index("ix_hexlabs_task_events_task_id", "task_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(max_length=64)
+    type: str = Field(max_length=32)
+    status: str | None = Field(default=None, max_length=16)
+    at: int = Field(sa_type=BigInteger)
+    data: dict[str, Any] | None = _json(nullable=True)

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from hexlabs_tasks._exceptions import ServiceUnavailable
-from hexlabs_tasks._executor import AttemptOutcome, attempt_line, execute_attempt, outcome_values
+from hexlabs_tasks._executor import AttemptOutcome, attempt_line, execute_attempt, outcome_events, outcome_values
 from hexlabs_tasks._models import RetryPolicy
 from hexlabs_tasks._performer import new_http_client
 from hexlabs_tasks._prefect import AWAITING_RETRY, RUNNING, SCHEDULED, PrefectBridge
@@ -241,6 +241,10 @@ class Worker:
             level=logging.INFO if outcome.decision.verdict is not Verdict.FAILED else logging.ERROR,
         )
         await self._deliver(row)
+        if outcome.decision.verdict is Verdict.FAILED:
+            await self._deliver_owed(min_age_ms=0)  # the dependents this failure cancelled
+        elif outcome.decision.verdict is Verdict.COMPLETED:
+            self.wake()  # dependents this completion released may be due now
 
     async def _deliver(self, row: TaskRow) -> None:
         """Send the state a row owes Prefect; remember it for one batched ``settle`` write."""
@@ -272,10 +276,18 @@ class Worker:
             if row.id in self._inflight:
                 continue
             await self._recover_one(row, now)
-        if self.bridge is not None:
-            for row in await self.store.owed_to_prefect():
-                if row.lease_owner is None and row.flow_run_id and row.updated_at < now - 5_000:
-                    await self._deliver(row)
+        # A safety net for chains: release or cancel any waiting task whose dependencies already ended.
+        await self.store.recheck_waiting(None, now)
+        await self._deliver_owed(min_age_ms=5_000)
+
+    async def _deliver_owed(self, *, min_age_ms: int) -> None:
+        """Send Prefect the states rows still owe it (older than ``min_age_ms``: the usual path had its chance)."""
+        if self.bridge is None:
+            return
+        now = self.clock()
+        for row in await self.store.owed_to_prefect():
+            if row.lease_owner is None and row.flow_run_id and row.updated_at <= now - min_age_ms:
+                await self._deliver(row)
 
     async def _recover_one(self, row: TaskRow, now: int) -> None:
         number = row.attempts
@@ -304,6 +316,7 @@ class Worker:
             attempt=attempt,
             values=outcome_values(row, decision, now, None),
             expired_before=now,
+            events=outcome_events(row, attempt, decision, now),
         )
         if recovered is not None:
             logger.warning("took over task %s from a dead worker: %s", row.id, decision.reason)

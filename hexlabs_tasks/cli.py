@@ -9,15 +9,20 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from hexlabs_tasks import __version__
 from hexlabs_tasks._client import Tasks
+from hexlabs_tasks._events import TaskEvent
 from hexlabs_tasks._exceptions import HexlabsTasksError
 from hexlabs_tasks._models import Task, TaskStatus, to_unix_ms
 
@@ -186,6 +191,7 @@ def worker(settings: Any) -> None:
 @click.option("--retries", type=int, default=None, help="Extra attempts after the first (default 3).")
 @click.option("--timeout", type=float, default=None, help="Seconds for one attempt (default 30).")
 @click.option("--idempotency-key", default=None, help="Make the create safe to repeat.")
+@click.option("--after", "after", multiple=True, help="Run only after this task completed (repeatable).")
 @click.pass_context
 @_errors
 def create(
@@ -200,6 +206,7 @@ def create(
     retries: int | None,
     timeout: float | None,
     idempotency_key: str | None,
+    after: tuple[str, ...],
 ) -> None:
     """Create a task and print it (due now unless --at or --in)."""
     request: dict[str, Any] = {
@@ -219,6 +226,8 @@ def create(
     }
     if retries is not None:
         task["retries"] = retries
+    if after:
+        task["dependsOn"] = list(after)
     _print_task(_client(ctx).create(task, idempotency_key=idempotency_key))
 
 
@@ -313,3 +322,177 @@ def wait(ctx: click.Context, task_id: str, timeout: float) -> None:
     _print_task(task)
     if task.status is not TaskStatus.COMPLETED:
         sys.exit(1)
+
+
+# -- watch ---------------------------------------------------------------------------------------------------------
+
+_STATUS_STYLES = {
+    "pending": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+@dataclass(slots=True)
+class WatchRow:
+    """One line of ``hexlabs-tasks watch``: a task as its latest event (or the listing) shows it."""
+
+    id: str
+    status: str
+    attempts: int = 0
+    last_event: str = ""
+    at: int | None = None  # Unix ms of the last event (of the last update, for a listed task)
+
+
+def watch_row(task: Task) -> WatchRow:
+    """The row of a task as read or listed."""
+    return WatchRow(task.id, task.status.value, task.attempts, "", task.updated_at)
+
+
+def apply_event(rows: dict[str, WatchRow], event: TaskEvent) -> None:
+    """Bring ``rows`` up to date with one event (a deleted task leaves the table)."""
+    if event.task_id is None:
+        return
+    if event.type == "deleted":
+        rows.pop(event.task_id, None)
+        return
+    row = rows.get(event.task_id)
+    if row is None:
+        row = rows[event.task_id] = WatchRow(event.task_id, "")
+    data = event.data or {}
+    attempt = data.get("attempt")
+    if isinstance(attempt, int):
+        row.attempts = attempt
+    elif event.type == "created" or (event.type == "updated" and row.status in ("completed", "failed", "cancelled")):
+        row.attempts = 0  # created, or queued again: attempts count from zero
+    if event.status is not None:
+        row.status = event.status.value
+    row.last_event = _describe(event)
+    row.at = event.at
+
+
+def _describe(event: TaskEvent) -> str:
+    data = event.data or {}
+    if event.type == "running":
+        return f"running (attempt {data.get('attempt', '?')})"
+    if event.type == "attempt_finished":
+        outcome = f"HTTP {data['httpStatus']}" if data.get("httpStatus") is not None else data.get("error") or "error"
+        return f"attempt {data.get('attempt', '?')} finished: {outcome}"
+    if event.type == "failed" and data.get("error"):
+        return f"failed: {data['error']}"
+    return event.type
+
+
+def _time(at_ms: int | None, today: date) -> str:
+    if at_ms is None:
+        return ""
+    moment = datetime.fromtimestamp(at_ms / 1000).astimezone()
+    return moment.strftime("%H:%M:%S") if moment.date() == today else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def render_table(
+    rows: Iterable[WatchRow],
+    *,
+    statuses: Iterable[str] = (),
+    limit: int | None = None,
+    today: date | None = None,
+) -> Table:
+    """The table ``hexlabs-tasks watch`` shows: the most recently changed task first.
+
+    Args:
+        rows: the tasks.
+        statuses: show only tasks with one of these statuses (all when empty).
+        limit: show at most this many (the caption says how many there are).
+        today: times on this day show as HH:MM:SS, others with their date (default: the local today).
+    """
+    wanted = set(statuses)
+    shown = sorted(
+        (row for row in rows if not wanted or row.status in wanted),
+        key=lambda row: (row.at or 0, row.id),
+        reverse=True,
+    )
+    total = len(shown)
+    if limit is not None:
+        shown = shown[: max(limit, 0)]
+    day = today or date.today()
+    table = Table(title="hexlabs-tasks", title_justify="left", expand=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    table.add_column("last event")
+    table.add_column("time", no_wrap=True)
+    for row in shown:
+        table.add_row(
+            row.id,
+            Text(row.status, style=_STATUS_STYLES.get(row.status, "")),
+            str(row.attempts),
+            row.last_event,
+            _time(row.at, day),
+        )
+    count = f"{total} task{'s' if total != 1 else ''}"
+    table.caption = (f"showing {len(shown)} of {count}" if len(shown) < total else count) + " · Ctrl-C to stop"
+    return table
+
+
+class _Board:
+    """What the live display renders: the current rows, drawn anew at each refresh."""
+
+    def __init__(self, rows: dict[str, WatchRow], statuses: tuple[str, ...], console: Console) -> None:
+        self.rows = rows
+        self.statuses = statuses
+        self.console = console
+
+    def __rich__(self) -> Table:
+        return render_table(self.rows.values(), statuses=self.statuses, limit=max(self.console.height - 7, 5))
+
+
+def _baseline(client: Tasks, task_id: str | None, statuses: tuple[str, ...]) -> dict[str, WatchRow]:
+    if task_id is not None:
+        tasks = [client.read(task_id)]
+    elif statuses:
+        tasks = [task for status in statuses for task in client.list(status=status, limit=100).data]
+    else:
+        tasks = client.list(limit=100).data
+    return {task.id: watch_row(task) for task in tasks}
+
+
+@main.command()
+@click.option("--task", "task_id", default=None, help="Only this task.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in TaskStatus]),
+    help="Only tasks with this status (repeatable).",
+)
+@click.pass_context
+@_errors
+def watch(ctx: click.Context, task_id: str | None, statuses: tuple[str, ...]) -> None:
+    """A live table of tasks and their statuses, updated as events arrive. Ctrl-C stops it."""
+    from rich.live import Live
+
+    client = _client(ctx)
+    console = Console()
+    stream: Generator[TaskEvent, None, None] | None = None
+    try:
+        rows = _baseline(client, task_id, statuses)
+        # From the oldest event the server keeps: events between the listing above and the stream's start are
+        # not missed, and replaying older ones ends at the state the listing shows.
+        stream = client.watch(task_id=task_id, last_event_id=0)
+        first = True
+        with Live(_Board(rows, statuses, console), console=console, refresh_per_second=4):
+            for event in stream:
+                if event.is_gap:
+                    if not first:  # events were lost: start again from a fresh listing
+                        rows.clear()
+                        rows.update(_baseline(client, task_id, statuses))
+                else:
+                    apply_event(rows, event)
+                first = False
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if stream is not None:
+            stream.close()

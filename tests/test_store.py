@@ -33,11 +33,11 @@ from support.databases import (
 from hexlabs_tasks._exceptions import TaskValidationError
 from hexlabs_tasks._migrate import alembic_config, upgrade
 from hexlabs_tasks._store import Store, decode_cursor, encode_cursor, normalize_database_url
-from hexlabs_tasks._tables import AttemptRow, DependencyRow, IdempotencyRow, TaskRow
+from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
 NOW = 1_750_000_000_000
 LEASE = 60_000
-TABLES = [model.__tablename__ for model in (TaskRow, AttemptRow, DependencyRow, IdempotencyRow)]
+TABLES = [model.__tablename__ for model in (TaskRow, AttemptRow, DependencyRow, IdempotencyRow, EventRow)]
 VERSION_TABLE = "hexlabs_tasks_alembic_version"
 
 _UNSET: Any = object()
@@ -885,3 +885,78 @@ def test_decode_cursor_rejects_garbage(cursor: str) -> None:
     with pytest.raises(TaskValidationError) as caught:
         decode_cursor(cursor)
     assert caught.value.details == [{"field": "cursor", "message": "not a cursor from this service"}]
+
+
+# -- upgrades in place ---------------------------------------------------------------------------------------
+
+
+async def test_an_existing_first_version_database_is_upgraded_in_place(empty_database_url: str) -> None:
+    store = Store(empty_database_url)
+    try:
+        await asyncio.to_thread(upgrade, store.url, "0001")
+        async with store.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO hexlabs_tasks (id, url, method, headers, params, timeout, perform_at, retries, "
+                    "retry_policy, depends_on, status, attempts, generation, version, created_at, updated_at) VALUES "
+                    "('old', 'https://x.example/', 'post', '{}', '{}', 30, 1, 3, '{}', '[]', 'pending', 0, 0, 0, 1, 1)"
+                )
+            )
+        await store.migrate()
+        kept = await store.get("old")
+        assert kept is not None
+        assert (kept.url, kept.chain_id, kept.chain_step) == ("https://x.example/", None, 1)
+        assert "hexlabs_task_events" in await table_names(store)
+    finally:
+        await store.dispose()
+
+
+# -- chains: release and cancel ------------------------------------------------------------------------------
+
+
+async def test_completing_a_dependency_releases_its_waiting_dependent_in_the_same_transaction(store: Store) -> None:
+    await store.insert(make_row("a"))
+    await store.insert(make_row("b", perform_at=NOW + 500, due_at=None, depends_on=["a"]), dependencies=["a"])
+    (claimed,) = await store.claim_due(owner="w", now=NOW, lease_until=NOW + 30_000, limit=10)
+    done = await store.finish_attempt(
+        task_id="a",
+        owner="w",
+        attempt=make_attempt("a"),
+        values={"status": "completed", "completed_at": NOW + 100, "updated_at": NOW + 100, "due_at": None},
+    )
+    assert done is not None and claimed.id == "a"
+    released = await store.get("b")
+    assert released is not None and released.due_at == NOW + 500  # the later of its performAt and the completion
+
+
+async def test_a_failed_dependency_cancels_its_dependents_transitively(store: Store) -> None:
+    await store.insert(make_row("a"))
+    await store.insert(make_row("b", due_at=None, depends_on=["a"]), dependencies=["a"])
+    await store.insert(make_row("c", due_at=None, depends_on=["b"]), dependencies=["b"])
+    await store.claim_due(owner="w", now=NOW, lease_until=NOW + 30_000, limit=10)
+    await store.finish_attempt(
+        task_id="a",
+        owner="w",
+        attempt=make_attempt("a"),
+        values={"status": "failed", "completed_at": NOW, "updated_at": NOW, "due_at": None},
+    )
+    b, c = await store.get("b"), await store.get("c")
+    assert b is not None and c is not None
+    assert (b.status, b.last_error, b.prefect_owed) == ("cancelled", "dependency a failed", "CANCELLED")
+    assert (c.status, c.last_error) == ("cancelled", "dependency b was cancelled")
+
+
+async def test_deleting_a_dependency_cancels_its_dependents(store: Store) -> None:
+    await store.insert(make_row("a", perform_at=NOW + 60_000))
+    await store.insert(make_row("b", due_at=None, depends_on=["a"]), dependencies=["a"])
+    await store.delete("a")
+    b = await store.get("b")
+    assert b is not None and (b.status, b.last_error) == ("cancelled", "dependency a was deleted")
+
+
+async def test_recheck_releases_a_dependent_whose_dependencies_already_completed(store: Store) -> None:
+    await store.insert(make_row("a", status="completed", due_at=None, completed_at=NOW - 10))
+    await store.insert(make_row("b", perform_at=NOW - 50, due_at=None, depends_on=["a"]), dependencies=["a"])
+    assert await store.recheck_waiting(None, NOW) == []
+    b = await store.get("b")
+    assert b is not None and b.due_at == NOW - 10

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -13,10 +16,35 @@ from hexlabs_tasks._service import TaskService
 from hexlabs_tasks._settings import Settings, get_settings
 from hexlabs_tasks._store import Store
 from hexlabs_tasks.api._errors import install_error_handlers
+from hexlabs_tasks.api._events import events_router
 from hexlabs_tasks.api._limits import BodyLimitMiddleware
 from hexlabs_tasks.api._routes import health_router, seed_router, tasks_router
 
 __all__ = ["create_app"]
+
+logger = logging.getLogger("hexlabs_tasks.api")
+PRUNE_EVERY_SECONDS = 60.0
+
+
+async def _prune_events(store: Store, keep: int) -> None:
+    """Keep the event log to its window: the newest ``keep`` events (plus what a minute adds)."""
+    while True:
+        try:
+            await store.prune_events(keep=keep)
+        except Exception as exc:  # a busy or unreachable database: try again next time
+            logger.warning("could not prune the event log: %s", exc)
+        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+
+@asynccontextmanager
+async def _event_window(store: Store, keep: int) -> AsyncIterator[None]:
+    pruning = asyncio.create_task(_prune_events(store, keep), name="hexlabs-tasks-prune-events")
+    try:
+        yield
+    finally:
+        pruning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruning
 
 
 def create_app(
@@ -24,6 +52,7 @@ def create_app(
     *,
     service: TaskService | None = None,
     on_change: Callable[[], None] | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> FastAPI:
     """Build the API.
 
@@ -33,6 +62,8 @@ def create_app(
             its own store and Prefect bridge for its lifetime, upgrading the schema and registering the
             deployment at start.
         on_change: passed to a service the app builds itself.
+        stopping: once set, open event streams end (within a poll interval), so a graceful shutdown does not
+            wait for listeners that never hang up (``serve``, ``api`` pass the event their signal handlers set).
     """
     settings = settings or get_settings()
 
@@ -40,7 +71,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
             app.state.service = service
-            yield
+            async with _event_window(service.store, settings.events_window):
+                yield
             return
         store = Store(settings.resolved_database_url())
         await store.migrate()
@@ -51,7 +83,8 @@ def create_app(
             await bridge.ensure_deployment()
             app.state.service = TaskService(store, bridge, on_change=on_change)
             try:
-                yield
+                async with _event_window(store, settings.events_window):
+                    yield
             finally:
                 await store.dispose()
 
@@ -62,9 +95,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.token = settings.token.get_secret_value() if settings.token else None
+    app.state.events_window = settings.events_window
+    app.state.events_stopping = stopping if stopping is not None else asyncio.Event()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health_router)
     app.include_router(tasks_router)
     app.include_router(seed_router)
+    app.include_router(events_router)
     return app

@@ -63,6 +63,35 @@ async def create_task(
     return _json(created.to_wire(), 201 if new else 200)
 
 
+@tasks_router.post("/chain", status_code=201, summary="Create tasks that run one after another")
+async def create_chain(
+    service: Service,
+    body: Annotated[
+        dict[str, Any],
+        Body(
+            openapi_examples={
+                "two steps": {
+                    "value": {
+                        "tasks": [
+                            {"request": {"url": "https://example.com/a", "method": "post"}, "performAt": 0},
+                            {"request": {"url": "https://example.com/b", "method": "post"}, "performAt": 0},
+                        ]
+                    }
+                }
+            }
+        ),
+    ],
+) -> JSONResponse:
+    """``{"tasks": [task, ...]}``: each task depends on the one before. All are created, or none."""
+    unknown = sorted(set(body) - {"tasks"})
+    if unknown:
+        raise TaskValidationError(
+            f"unknown fields: {', '.join(unknown)}", details=[{"field": f, "message": "unknown field"} for f in unknown]
+        )
+    created = await service.chain(body.get("tasks"))
+    return _json({"data": [t.to_wire() for t in created]}, 201)
+
+
 @tasks_router.get("", response_model=TaskPage, summary="List tasks, oldest performAt first")
 async def list_tasks(
     service: Service,
@@ -107,7 +136,7 @@ async def task_attempts(service: Service, task_id: str) -> JSONResponse:
     return _json({"data": [a.to_wire() for a in attempts]})
 
 
-_ACTIONS = ("create", "read", "update", "delete", "list")
+_ACTIONS = ("create", "read", "update", "delete", "list", "chain")
 
 
 def _bad(field: str, message: str) -> TaskValidationError:
@@ -171,6 +200,15 @@ async def seed(
     if action == "create":
         created, new = await service.create(_object(data), idempotency_key=idempotency_key)
         return _json({"data": created.to_wire()}, 201 if new else 200)
+    if action == "chain":
+        chain = _object(data)
+        extra = sorted(set(chain) - {"tasks"})
+        if extra:
+            raise TaskValidationError(
+                f"unknown chain fields: {', '.join(extra)}",
+                details=[{"field": f"data.{f}", "message": "unknown field"} for f in extra],
+            )
+        return _json({"data": [t.to_wire() for t in await service.chain(chain.get("tasks"))]}, 201)
     if action == "read":
         return _json({"data": (await service.read(task_id)).to_wire()})
     if action == "update":
