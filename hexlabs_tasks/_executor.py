@@ -7,6 +7,8 @@ and the task's new status in one compare-and-set that only succeeds if the calle
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
+from hexlabs_tasks._exceptions import ServiceUnavailable
 from hexlabs_tasks._models import RequestSpec, RetryPolicy, TaskStatus
 from hexlabs_tasks._performer import AttemptResult, perform
 from hexlabs_tasks._prefect import AWAITING_RETRY, COMPLETED, FAILED
@@ -26,6 +30,8 @@ from hexlabs_tasks._tables import AttemptRow, EventRow, TaskRow
 __all__ = ["AttemptOutcome", "attempt_line", "execute_attempt", "outcome_events", "outcome_values", "spec_of"]
 
 _EXCERPT = 1024
+_RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+logger = logging.getLogger("hexlabs_tasks.worker")
 _PREFECT_STATE = {Verdict.COMPLETED: COMPLETED, Verdict.FAILED: FAILED, Verdict.RETRY: AWAITING_RETRY}
 
 
@@ -148,11 +154,19 @@ async def execute_attempt(
         duration_ms=result.duration_ms,
         response_excerpt=result.body[:_EXCERPT] if result.status is not None else None,
     )
-    new_row = await store.finish_attempt(
-        task_id=row.id,
-        owner=owner,
-        attempt=attempt,
-        values=outcome_values(row, decision, finished, result.last_response()),
-        events=outcome_events(row, attempt, decision, finished),
-    )
+    values = outcome_values(row, decision, finished, result.last_response())
+    events = outcome_events(row, attempt, decision, finished)
+    # The request has been sent: its outcome must be recorded, or the lease would expire and the task be performed
+    # again. A failing write is retried (the lease is still renewed meanwhile) before giving up.
+    for delay in (*_RECORD_RETRY_DELAYS, None):
+        try:
+            new_row = await store.finish_attempt(
+                task_id=row.id, owner=owner, attempt=attempt, values=values, events=events
+            )
+            break
+        except (ServiceUnavailable, SQLAlchemyError, OSError, TimeoutError) as exc:
+            if delay is None:
+                raise
+            logger.warning("recording attempt %d of task %s failed (%s); trying again", number, row.id, exc)
+            await asyncio.sleep(delay)
     return AttemptOutcome(row=new_row, decision=decision, result=result, number=number)

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -106,6 +108,9 @@ def _unix_ms(value: Any) -> Any:
 
 
 UnixMs = Annotated[StrictInt, Field(ge=0, le=MAX_PERFORM_AT_MS)]
+PerformAt = Annotated[UnixMs, BeforeValidator(_unix_ms)]
+Dependencies = Annotated[list[StrictStr], AfterValidator(lambda ids: list(dict.fromkeys(ids))), Field(max_length=1000)]
+Retries = Annotated[StrictInt, Field(ge=0, le=100)]
 ParamValue = StrictBool | StrictInt | StrictFloat | StrictStr
 Number = StrictFloat  # JSON numbers only (ints accepted): no "5" strings, no booleans
 
@@ -197,21 +202,11 @@ class TaskCreate(_Wire):
     """What a caller sends to create a task."""
 
     request: RequestSpec
-    perform_at: UnixMs = Field(description="Unix ms; a time in the past means as soon as possible.")
-    retries: Annotated[StrictInt, Field(ge=0, le=100)] = 3
+    perform_at: PerformAt = Field(description="Unix ms; a time in the past means as soon as possible.")
+    retries: Retries = 3
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
-    depends_on: list[StrictStr] = Field(default_factory=list, max_length=1000)
+    depends_on: Dependencies = Field(default_factory=list)
     status: Literal["pending"] = "pending"
-
-    @field_validator("perform_at", mode="before")
-    @classmethod
-    def _perform_at_ms(cls, value: Any) -> Any:
-        return _unix_ms(value)
-
-    @field_validator("depends_on")
-    @classmethod
-    def _unique_dependencies(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
 
 
 class TaskUpdate(_Wire):
@@ -221,21 +216,11 @@ class TaskUpdate(_Wire):
     """
 
     request: RequestSpec | None = None
-    perform_at: UnixMs | None = None
-    retries: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    perform_at: PerformAt | None = None
+    retries: Retries | None = None
     retry_policy: RetryPolicy | None = None
-    depends_on: list[StrictStr] | None = Field(default=None, max_length=1000)
+    depends_on: Dependencies | None = None
     status: Literal["pending"] | None = None
-
-    @field_validator("perform_at", mode="before")
-    @classmethod
-    def _perform_at_ms(cls, value: Any) -> Any:
-        return _unix_ms(value)
-
-    @field_validator("depends_on")
-    @classmethod
-    def _unique_dependencies(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else list(dict.fromkeys(value))
 
     @field_validator("request", "perform_at", "retries", "retry_policy", "depends_on", "status", mode="before")
     @classmethod

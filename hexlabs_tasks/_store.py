@@ -157,6 +157,20 @@ class Store:
             _configure_sqlite(self.engine)
         else:
             self.engine = create_async_engine(self.url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # Lease renewals get a connection of their own, so they never queue behind a burst of attempt writes: a
+        # late renewal would let another worker take over an attempt that is still running.
+        self._lease_engine = create_async_engine(
+            self.url,
+            echo=echo,
+            pool_size=1,
+            max_overflow=0,
+            **({"connect_args": {"timeout": 60}} if self.is_sqlite else {}),
+        )
+        if self.is_sqlite:
+            _configure_sqlite(self._lease_engine)
+        self._lease_write = async_sessionmaker(
+            self._lease_engine.execution_options(hexlabs_write=True), class_=AsyncSession, expire_on_commit=False
+        )
         self._read = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         self._write = async_sessionmaker(
             self.engine.execution_options(hexlabs_write=True), class_=AsyncSession, expire_on_commit=False
@@ -174,6 +188,7 @@ class Store:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        await self._lease_engine.dispose()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -452,7 +467,7 @@ class Store:
         """Extend ``owner``'s hold on its running tasks; returns the ids it still holds (others were deleted)."""
         if not task_ids:
             return set()
-        async with self.write() as session:
+        async with _translated(), self._lease_write() as session, session.begin():
             result = await session.execute(
                 update(TaskRow)
                 .where(_T.id.in_(list(task_ids)), TaskRow.lease_owner == owner)

@@ -122,7 +122,7 @@ class Stack:
             "HEXLABS_TASKS_HOME": str(workdir / "home"),
             "HEXLABS_TASKS_PORT": str(self.port),
             "HEXLABS_TASKS_POLL_INTERVAL": "0.1",
-            "HEXLABS_TASKS_LEASE_SECONDS": "6",
+            "HEXLABS_TASKS_LEASE_SECONDS": "10",
             "HEXLABS_TASKS_SHUTDOWN_GRACE": "3",
             "PREFECT_API_URL": prefect_api_url,
             "PREFECT_HOME": str(workdir / "prefect-client"),

@@ -1,0 +1,1 @@
+"""Benchmarks of hexlabs-tasks against the alternatives a user would pick; see docs/performance.md."""

@@ -1,0 +1,359 @@
+"""bench/results/*.json -> docs/performance.md (tables, targets) and docs/performance.png (matplotlib).
+
+    python bench/report.py [bench/results/latest.json]
+
+The text of bench/findings.md (profiles, where the time goes, suggestions) is included as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["evaluate_targets", "write_report"]
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{value:.0f}"
+    return str(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def _label(results: dict[str, Any], name: str) -> str:
+    return str(results["systems"][name].get("label") or name)
+
+
+def _checks(record: dict[str, Any]) -> tuple[int, int, int]:
+    """(lost, performed twice, early) over every workload of a system."""
+    lost = twice = early = 0
+    work = record.get("workloads", {})
+    for key in ("burst", "retries"):
+        if key in work:
+            lost += work[key]["check"]["lost"]
+            twice += work[key]["check"]["twice"]
+    for run in work.get("steady", {}).get("runs", []):
+        check = run.get("check_final", run["check"])
+        lost += check["lost"]
+        twice += check["twice"]
+    if "scale" in work:
+        for phase in ("before", "after"):
+            lost += work["scale"][phase]["check"]["lost"]
+            twice += work["scale"][phase]["check"]["twice"]
+        early += work["scale"]["performed_early"]
+    return lost, twice, early
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with what was measured and whether it holds (None: not measured)."""
+    systems = results["systems"]
+    out: list[dict[str, Any]] = []
+
+    def burst_rate(name: str) -> float | None:
+        return systems.get(name, {}).get("workloads", {}).get("burst", {}).get("per_s")
+
+    for db in ("sqlite", "pg"):
+        hx = f"hexlabs-{db}"
+        if hx not in systems:
+            continue
+        mine = burst_rate(hx)
+        serve = burst_rate("flow-serve")
+        ratio = _ratio(mine, serve)
+        out.append({
+            "target": f"burst throughput ≥ 10× stock flow.serve() ({db})",
+            "measured": f"{_f(mine)} vs {_f(serve)} tasks/s = {_f(ratio)}×",
+            "holds": None if ratio is None else ratio >= 10,
+        })
+        floor = burst_rate(f"floor-{db}")
+        ratio = _ratio(mine, floor)
+        out.append({
+            "target": f"burst throughput ≥ 70% of the Prefect floor, same database ({db})",
+            "measured": f"{_f(mine)} vs {_f(floor)} tasks/s = {_f(ratio * 100 if ratio else None, 0)}%",
+            "holds": None if ratio is None else ratio >= 0.7,
+        })
+        steady = systems[hx].get("workloads", {}).get("steady")
+        if steady and steady.get("runs"):
+            top = steady.get("max_sustainable")
+            half = [r for r in steady["runs"] if top and r["rate"] <= top / 2]
+            run = half[-1] if half else None
+            note = " (ladder topped out: the highest sustainable rate is higher)" if steady.get("ladder_topped_out") else ""
+            out.append({
+                "target": f"steady p99 ≤ 1 s at half the highest sustainable rate ({db})",
+                "measured": (f"highest sustainable {_f(top)}/s{note}; at {_f(run['rate'])}/s p99 {_f(run['lateness']['p99'])} s"
+                             if run else f"highest sustainable {_f(top)}/s; no measured rate at or below half of it"),
+                "holds": None if run is None else (run["lateness"]["p99"] is not None and run["lateness"]["p99"] <= 1.0),
+            })
+        scale = systems[hx].get("workloads", {}).get("scale")
+        if scale:
+            ratios = [scale.get("p99_ratio"), scale.get("create_p99_ratio"), scale.get("read_p99_ratio")]
+            holds = None if any(r is None for r in ratios) else all(r < 1.2 for r in ratios)
+            out.append({
+                "target": f"{scale['pending']:,} pending change p99 lateness and API latency by < 20% ({db})",
+                "measured": f"after/before p99: lateness {_f(ratios[0])}×, create {_f(ratios[1])}×, read {_f(ratios[2])}×",
+                "holds": holds,
+            })
+            w0 = (scale.get("rss_start_mb") or {}).get("worker")
+            w1 = (scale.get("rss_with_pending_mb") or {}).get("worker")
+            w2 = (scale["after"].get("rss_mb") or {}).get("worker")
+            grew = None if w0 is None or w2 is None else max(w1 or 0, w2) - w0
+            out.append({
+                "target": f"worker memory does not grow with pending tasks ({db})",
+                "measured": f"worker RSS {_f(w0, 0)} → {_f(w1, 0)} (pending created) → {_f(w2, 0)} MiB",
+                "holds": None if grew is None else grew < max(10.0, 0.1 * w0),
+            })
+    lost = twice = early = 0
+    for record in systems.values():
+        a, b, c = _checks(record)
+        lost, twice, early = lost + a, twice + b, early + c
+    out.append({
+        "target": "nothing lost and nothing performed twice, in any run (counted at the target)",
+        "measured": f"{lost} lost, {twice} performed more often than expected, {early} performed early, all systems",
+        "holds": lost == 0 and twice == 0 and early == 0,
+    })
+    hx_only = [0, 0, 0]
+    for name, record in systems.items():
+        if name.startswith("hexlabs"):
+            hx_only = [x + y for x, y in zip(hx_only, _checks(record), strict=True)]
+    out.append({
+        "target": "… of which hexlabs-tasks",
+        "measured": f"{hx_only[0]} lost, {hx_only[1]} twice, {hx_only[2]} early",
+        "holds": hx_only == [0, 0, 0],
+    })
+    return out
+
+
+def _mark(holds: bool | None) -> str:
+    return "–" if holds is None else ("✓" if holds else "✗")
+
+
+def render(results: dict[str, Any], png_name: str) -> str:
+    meta = results["meta"]
+    systems = results["systems"]
+    names = list(systems)
+    lines: list[str] = []
+    add = lines.append
+    add("# Performance")
+    add("")
+    add("hexlabs-tasks against the alternatives a user would pick, measured side by side in one run of "
+        "`python bench/run.py` on one machine. Generated by `bench/report.py` from "
+        "`bench/results/latest.json`; do not edit the tables by hand.")
+    add("")
+    if meta.get("quick"):
+        add("> **Quick run (`--quick`)**: small workloads and only some systems. These numbers are indicative "
+            "only; the full run is the measurement.")
+        add("")
+    m = meta["machine"]
+    add(f"- **Date**: {meta['date']} — command `{meta.get('command', '')}`, {meta.get('wall_s', '?')} s")
+    add(f"- **Machine**: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB memory, Linux {m['kernel']}")
+    v = meta["versions"]
+    add("- **Versions**: " + ", ".join(f"{k} {v[k]}" for k in v))
+    if meta.get("skipped"):
+        add("- **Skipped**: " + "; ".join(f"{k} ({why})" for k, why in meta["skipped"].items()))
+    s = meta["sizes"]
+    add(f"- **Sizes**: burst {s['burst']} (stock Prefect runners {s['burst_slow']}), steady {s['steady_seconds']:g} s per "
+        f"rate, scale {s['scale_pending']:,} pending at {s['scale_rate']:g}/s for {s['scale_seconds']:g} s per phase, "
+        f"retries {s['retries']} (stock {s['retries_slow']})")
+    add("")
+    add(f"![lateness per system and rate]({png_name})")
+    add("")
+
+    add("## Targets")
+    add("")
+    add("| target | measured | holds |")
+    add("| --- | --- | --- |")
+    for t in evaluate_targets(results):
+        add(f"| {t['target']} | {t['measured']} | {_mark(t['holds'])} |")
+    add("")
+
+    add("## Systems")
+    add("")
+    add("| system | how it ran | started in | errors |")
+    add("| --- | --- | --- | --- |")
+    for n in names:
+        r = systems[n]
+        errors = "; ".join(r.get("errors", [])) or "none"
+        add(f"| {r['label']} | {r.get('notes', '')} | {_f(r.get('start_s'))} s | {errors[:300]} |")
+    add("")
+    if meta.get("prefect_server_start_s"):
+        add("Prefect servers (one per database kind, shared by the systems on it, floor first): started in "
+            + ", ".join(f"{k} {v} s" for k, v in meta["prefect_server_start_s"].items()) + ".")
+        add("")
+
+    add("## Burst: all tasks due at the same instant")
+    add("")
+    add("Tasks are created beforehand (the create rate is shown), all due at one instant. *Done* is the last "
+        "request's arrival after the due time (the floor: the last Completed acknowledged); tasks/s = tasks / done. "
+        "Lateness = arrival − due.")
+    add("")
+    add("| system | tasks | created/s | done (s) | tasks/s | × flow.serve | × floor (same DB) | lateness p50 / p99 / max (s) | Prefect all Completed (s) | lost / twice |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
+    serve = systems.get("flow-serve", {}).get("workloads", {}).get("burst", {}).get("per_s")
+    for n in names:
+        b = systems[n].get("workloads", {}).get("burst")
+        if not b:
+            continue
+        floor_name = f"floor-{systems[n].get('db')}"
+        floor = systems.get(floor_name, {}).get("workloads", {}).get("burst", {}).get("per_s")
+        lat = b["lateness"]
+        add(f"| {_label(results, n)} | {b['n']} | {_f(b['create']['per_s'], 1)} | {_f(b.get('last_arrival_s'))} | "
+            f"{_f(b.get('per_s'), 1)} | {_f(_ratio(b.get('per_s'), serve))} | "
+            f"{_f(_ratio(b.get('per_s'), floor)) if systems[n].get('db') else '–'} | "
+            f"{_f(lat['p50'])} / {_f(lat['p99'])} / {_f(lat['max'])} | {_f(b.get('prefect_all_completed_s'), 1)} | "
+            f"{b['check']['lost']} / {b['check']['twice']} |")
+    add("")
+
+    add("## Steady: tasks due at a constant rate")
+    add("")
+    add(f"Each rate runs for {s['steady_seconds']:g} s; tasks are created {s['steady_lead']:g} s before they are due, "
+        "while earlier ones run. Rates go up until lateness runs away (not all performed in time, p99 ≥ 5 s, or the "
+        "median growing by > 1 s from the first to the last quarter): that rate is the last row.")
+    add("")
+    add("| system | highest sustainable rate (/s) | highest rate with p99 < 1 s (/s) |")
+    add("| --- | ---: | ---: |")
+    for n in names:
+        st = systems[n].get("workloads", {}).get("steady")
+        if st:
+            more = " (ladder topped out)" if st.get("ladder_topped_out") else ""
+            add(f"| {_label(results, n)} | {_f(st['max_sustainable'])}{more} | {_f(st['max_p99_under_1s'])} |")
+    add("")
+    add("| system | rate (/s) | tasks | lateness p50 / p99 / max (s) | create p99 (ms) | sustainable | lost / twice |")
+    add("| --- | ---: | ---: | --- | ---: | --- | --- |")
+    for n in names:
+        st = systems[n].get("workloads", {}).get("steady")
+        for run in (st or {}).get("runs", []):
+            lat = run["lateness"]
+            check = run.get("check_final", run["check"])
+            add(f"| {_label(results, n)} | {_f(run['rate'])} | {run['n']} | {_f(lat['p50'])} / {_f(lat['p99'])} / "
+                f"{_f(lat['max'])} | {_f(run['create']['create_ms'].get('p99'), 0)} | "
+                f"{'yes' if run['sustainable'] else '**no**'} | {check['lost']} / {check['twice']} |")
+    add("")
+
+    add("## Scale: many tasks pending far in the future")
+    add("")
+    add("A steady stream (before), then the pending tasks created through the API due a day later, then the same "
+        "stream again (after). Latencies are p99; RSS is resident memory (the Prefect server's includes its children).")
+    add("")
+    add("| system | pending | created/s | lateness p99 before → after (s) | create p99 before → after (ms) | read p99 before → after (ms) | worker RSS start → pending → after (MiB) | API RSS (MiB) | Prefect server RSS (MiB) | performed early |")
+    add("| --- | ---: | ---: | --- | --- | --- | --- | --- | --- | ---: |")
+    for n in names:
+        sc = systems[n].get("workloads", {}).get("scale")
+        if not sc:
+            continue
+        b, a = sc["before"], sc["after"]
+        r0, r1, r2 = sc.get("rss_start_mb") or {}, sc.get("rss_with_pending_mb") or {}, a.get("rss_mb") or {}
+        add(f"| {_label(results, n)} | {sc['pending']:,} | {_f(sc['create_pending']['per_s'], 1)} | "
+            f"{_f(b['lateness']['p99'])} → {_f(a['lateness']['p99'])} | "
+            f"{_f(b['create']['create_ms'].get('p99'), 0)} → {_f(a['create']['create_ms'].get('p99'), 0)} | "
+            f"{_f(b['create']['read_ms'].get('p99'), 0)} → {_f(a['create']['read_ms'].get('p99'), 0)} | "
+            f"{_f(r0.get('worker'), 0)} → {_f(r1.get('worker'), 0)} → {_f(r2.get('worker'), 0)} | "
+            f"{_f(r0.get('api'), 0)} → {_f(r2.get('api'), 0)} | "
+            f"{_f(r0.get('prefect-server'), 0)} → {_f(r2.get('prefect-server'), 0)} | {sc['performed_early']} |")
+    add("")
+
+    add("## Retries: a target failing 50% of attempts")
+    add("")
+    add("The target answers 503 to a deterministic ~50% of attempts (a hash of the path and attempt number), so each "
+        "task's exact attempt count is known: every task must complete with exactly that many requests. Retries: "
+        "up to 20, 0.5 s apart (fixed).")
+    add("")
+    add("| system | tasks | completed | requests / expected | tasks with a wrong count | all done after (s) |")
+    add("| --- | ---: | ---: | --- | ---: | ---: |")
+    for n in names:
+        rt = systems[n].get("workloads", {}).get("retries")
+        if rt:
+            add(f"| {_label(results, n)} | {rt['n']} | {rt['completed']} | {rt['attempts']} / {rt['expected_attempts']} | "
+                f"{rt['wrong_count']} | {_f(rt['all_done_s'])} |")
+    add("")
+
+    findings = REPO / "bench" / "findings.md"
+    if findings.exists():
+        add(findings.read_text().rstrip())
+        add("")
+    add("## How to run")
+    add("")
+    add("```sh")
+    add('pip install -e ".[bench]"        # celery[redis], matplotlib, psutil (py-spy for profiles)')
+    add("# needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) and Redis on 127.0.0.1:6379")
+    add("python bench/run.py --quick     # < 3 min: floor, hexlabs and Celery on SQLite, small sizes; indicative only")
+    add("python bench/run.py             # everything (long)")
+    add("python bench/run.py --systems hexlabs-pg,floor-pg --workloads burst,steady")
+    add("python bench/report.py          # rewrite this page from bench/results/latest.json")
+    add("```")
+    add("")
+    add("Every system starts its own processes on free ports (a Prefect server per database kind with its own "
+        "PREFECT_HOME or a fresh PostgreSQL database, the hexlabs API and worker, a runner, a worker, a Celery "
+        "worker on its own queue) and stops them by PID at the end, also on an error or Ctrl-C. The HTTP target "
+        "(`bench/target.py`) is uvicorn in its own process. Logs stay in the work directory printed at the start.")
+    add("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = results["systems"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, record) in enumerate(systems.items()):
+        runs = record.get("workloads", {}).get("steady", {}).get("runs", [])
+        rates = [r["rate"] for r in runs if r["lateness"]["p99"] is not None]
+        if not rates:
+            continue
+        color = colors[i % len(colors)]
+        p50 = [max(r["lateness"]["p50"], 0.001) for r in runs if r["lateness"]["p99"] is not None]
+        p99 = [max(r["lateness"]["p99"], 0.001) for r in runs if r["lateness"]["p99"] is not None]
+        axes[0].plot(rates, p50, "o-", color=color, label=record["label"])
+        axes[1].plot(rates, p99, "o-", color=color, label=record["label"])
+    for ax, title in ((axes[0], "steady: lateness p50"), (axes[1], "steady: lateness p99")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tasks due per second")
+        ax.set_ylabel("seconds late (log)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8)
+    names = [n for n in systems if systems[n].get("workloads", {}).get("burst")]
+    x = range(len(names))
+    width = 0.27
+    for k, (key, label) in enumerate((("p50", "p50"), ("p99", "p99"), ("max", "max"))):
+        values = [max(systems[n]["workloads"]["burst"]["lateness"][key] or 0.001, 0.001) for n in names]
+        axes[2].bar([j + (k - 1) * width for j in x], values, width, label=label)
+    axes[2].set_xticks(list(x))
+    axes[2].set_xticklabels([systems[n]["label"] for n in names], rotation=30, ha="right", fontsize=8)
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("seconds late (log)")
+    sizes = results["meta"]["sizes"]
+    axes[2].set_title(f"burst of {sizes['burst']} (stock runners {sizes['burst_slow']}): lateness")
+    axes[2].legend(fontsize=8)
+    axes[2].grid(True, axis="y", which="both", alpha=0.3)
+    quick = " (quick run: indicative only)" if results["meta"].get("quick") else ""
+    fig.suptitle(f"hexlabs-tasks vs alternatives, {results['meta']['date']}{quick}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], doc: Path, png: Path) -> None:
+    try:
+        plot(results, png)
+    except ImportError as exc:
+        print(f"no picture ({exc}); pip install matplotlib", file=sys.stderr)
+    doc.write_text(render(results, png.name))
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "bench" / "results" / "latest.json"
+    write_report(json.loads(source.read_text()), REPO / "docs" / "performance.md", REPO / "docs" / "performance.png")

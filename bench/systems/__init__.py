@@ -1,0 +1,130 @@
+"""One module per system under test, all with the interface of :class:`System`.
+
+A system is started once per run (``start``), receives tasks one by one (``submit``: a path on the target and a
+due time), and is stopped by PID (``stop``). The driver never asks a system whether a task is done: it counts
+the requests that reached the target (the floor, which sends no request, reports its own completions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procs import PrefectServer, stop_all
+
+__all__ = ["SYSTEMS", "Ctx", "System", "TaskSpec", "make_system", "now_ms"]
+
+
+def now_ms() -> float:
+    return time.time() * 1000
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: POST ``target + path`` at ``due_ms`` (Unix ms), with ``retries`` retries ``retry_delay`` s apart."""
+
+    path: str
+    due_ms: float
+    retries: int = 3
+    retry_delay: float = 0.5
+
+
+@dataclass
+class Ctx:
+    """What systems share in one run: the work directory, the target, and one Prefect server per database kind."""
+
+    workdir: Path
+    target_url: str
+    quick: bool
+    servers: dict[str, PrefectServer] = field(default_factory=dict)
+    server_start_s: dict[str, float] = field(default_factory=dict)
+
+    def prefect(self, db: str) -> PrefectServer:
+        if db not in self.servers:
+            server = PrefectServer(self.workdir / f"prefect-{db}", db)
+            server.workdir.mkdir(parents=True, exist_ok=True)
+            self.servers[db] = server
+            self.server_start_s[db] = server.start()
+        return self.servers[db]
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers.clear()
+        stop_all()
+
+
+class System:
+    """The common interface. Subclasses set ``name``, ``label`` and implement the coroutines."""
+
+    name = ""
+    label = ""
+    db: str | None = None
+    # stock Prefect runners start a subprocess per run (~1 run/s): they get smaller workloads (see run.py)
+    slow = False
+    # workloads it takes part in
+    workloads = ("burst", "steady", "scale", "retries")
+    create_concurrency = 16
+    notes = ""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.workdir = ctx.workdir / self.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def submit(self, task: TaskSpec) -> None:
+        raise NotImplementedError
+
+    async def read_probe(self) -> float | None:
+        """Milliseconds to read one task back through the system's API; None where there is no such API."""
+        return None
+
+    def rss(self) -> dict[str, float | None]:
+        """Resident memory in MiB of the parts: worker, api, prefect-server..."""
+        return {}
+
+    def own_arrivals(self, prefix: str) -> dict[str, list[float]] | None:
+        """Completion times per path for systems that send no request (the floor); None: count at the target."""
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "db": self.db, "notes": self.notes}
+
+    async def quiet(self) -> None:
+        """Let background work settle between workloads."""
+        await asyncio.sleep(1.0)
+
+
+def _registry() -> dict[str, type[System]]:
+    from bench.systems.celery_system import CelerySystem
+    from bench.systems.floor import FloorPg, FloorSqlite
+    from bench.systems.hexlabs import HexlabsPg, HexlabsSqlite
+    from bench.systems.stock import FlowServe, ProcessWorker
+
+    classes: list[type[System]] = [
+        HexlabsSqlite, HexlabsPg, FloorSqlite, FloorPg, FlowServe, ProcessWorker, CelerySystem,
+    ]
+    return {c.name: c for c in classes}
+
+
+SYSTEMS = ("hexlabs-sqlite", "hexlabs-pg", "floor-sqlite", "floor-pg", "flow-serve", "process-worker", "celery")
+
+
+def make_system(name: str, ctx: Ctx) -> System:
+    return _registry()[name](ctx)

@@ -1,0 +1,133 @@
+"""hexlabs-tasks as a user runs it: ``python -m hexlabs_tasks api`` and ``worker`` processes on the product's
+defaults, a local Prefect server, the task store on SQLite (the embedded default) or PostgreSQL (store and
+Prefect server both). Tasks are created through the API with the async SDK."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.procs import Proc, create_pg_database, drop_pg_database, free_port, rss_mb, wait_http, wait_log
+from bench.systems import System, TaskSpec
+
+__all__ = ["HexlabsPg", "HexlabsSqlite"]
+
+
+class _Hexlabs(System):
+    db = "sqlite"
+
+    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(ctx)
+        self.api: Proc | None = None
+        self.worker: Proc | None = None
+        self.sdk = None
+        self.store_url: str | None = None
+        self.generation = 0
+        self.last_id: str | None = None
+
+    async def start(self) -> None:
+        from hexlabs_tasks import AsyncTasks
+
+        server = self.ctx.prefect(self.db)
+        self.generation += 1
+        home = self.workdir / f"gen{self.generation}"
+        home.mkdir(parents=True, exist_ok=True)
+        if self.db == "pg":
+            self.store_url = create_pg_database("store")
+        else:
+            self.store_url = f"sqlite:///{home / 'tasks.db'}"
+        self.port = free_port()
+        env = {
+            **server.client_env(home / "prefect-client"),
+            "HEXLABS_TASKS_DATABASE_URL": self.store_url,
+            "HEXLABS_TASKS_HOME": str(home),
+            "HEXLABS_TASKS_PORT": str(self.port),
+        }
+        env.pop("HEXLABS_TASKS_TOKEN", None)
+        argv = [sys.executable, "-m", "hexlabs_tasks"]
+        # cwd outside the checkout: `python -m` puts cwd first on sys.path
+        self.api = Proc(f"{self.name}-api", [*argv, "api"], env=env, cwd=home, log=home / "api.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(f"{self.url}/healthz", timeout=90, proc=self.api, what="the hexlabs API")
+        self.worker = Proc(f"{self.name}-worker", [*argv, "worker"], env=env, cwd=home, log=home / "worker.log")
+        wait_log(self.worker, "Press Ctrl-C to stop.", timeout=90)
+        self.sdk = AsyncTasks(base_url=self.url, timeout=120)
+
+    async def stop(self) -> None:
+        if self.sdk is not None:
+            await self.sdk.aclose()
+            self.sdk = None
+        for proc in (self.worker, self.api):
+            if proc is not None:
+                proc.stop(timeout=20)
+        self.worker = self.api = None
+        if self.db == "pg" and self.store_url:
+            drop_pg_database(self.store_url)
+            self.store_url = None
+
+    async def submit(self, task: TaskSpec) -> None:
+        assert self.sdk is not None
+        body = {
+            "request": {"url": self.ctx.target_url + task.path, "method": "post", "body": {"p": task.path}},
+            "performAt": int(task.due_ms),
+            "retries": task.retries,
+            "retryPolicy": {"backoff": "fixed", "initialDelay": task.retry_delay, "jitter": 0},
+        }
+        created = await self.sdk.create(body)
+        self.last_id = created.id
+
+    async def read_probe(self) -> float | None:
+        if self.sdk is None or self.last_id is None:
+            return None
+        started = time.perf_counter()
+        await self.sdk.read(self.last_id)
+        return (time.perf_counter() - started) * 1000
+
+    def rss(self) -> dict[str, float | None]:
+        server = self.ctx.servers.get(self.db)
+        return {
+            "worker": rss_mb(self.worker.pid) if self.worker else None,
+            "api": rss_mb(self.api.pid) if self.api else None,
+            "prefect-server": server.rss() if server else None,
+        }
+
+    def prefect_completed(self) -> int | None:
+        """Flow runs Completed in Prefect (to see how far the Prefect mirror lags the requests)."""
+        server = self.ctx.servers.get(self.db)
+        if server is None:
+            return None
+        try:
+            response = httpx.post(
+                f"{server.api_url}/flow_runs/count",
+                json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}, "tags": {"all_": ["hexlabs-tasks"]}}},
+                timeout=30,
+            )
+            return int(response.json())
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def versions(self) -> dict[str, str]:
+        import hexlabs_tasks
+
+        return {"hexlabs-tasks": hexlabs_tasks.__version__}
+
+
+class HexlabsSqlite(_Hexlabs):
+    name = "hexlabs-sqlite"
+    label = "hexlabs-tasks (SQLite)"
+    db = "sqlite"
+    notes = "API + 1 worker (defaults: concurrency 100, poll 0.2 s); store and Prefect server on SQLite"
+
+
+class HexlabsPg(_Hexlabs):
+    name = "hexlabs-pg"
+    label = "hexlabs-tasks (PostgreSQL)"
+    db = "pg"
+    notes = "API + 1 worker (defaults); store and Prefect server on PostgreSQL 127.0.0.1:5432"
+
+
+_ = (os, Path)

@@ -1,0 +1,439 @@
+"""The workloads: burst, steady, scale, retries. Each one submits tasks to a system and reads the target.
+
+Lateness is the request's arrival at the target minus the task's due time (``performAt``), both ``time.time()``
+on this one machine. "Nothing lost, nothing twice" is checked on every workload by counting the requests per
+task path at the target: each task has a path of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.procs import Proc, free_port, wait_http
+from bench.systems import System, TaskSpec, now_ms
+from bench.target import expected_attempts
+
+__all__ = ["Sizes", "Target", "burst", "retries", "scale", "steady_ladder", "warmup"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Sizes:
+    """Workload sizes: the issue's (full) or --quick's."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.burst = 100 if quick else 500
+        self.burst_slow = 20 if quick else 60  # stock Prefect runners: ~1 run/s
+        self.steady_seconds = 8.0 if quick else 60.0
+        self.steady_lead = 2.0 if quick else 5.0
+        self.ladder = [2.0, 5.0] if quick else [2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]
+        self.ladder_slow = [0.5] if quick else [0.25, 0.5, 1.0, 2.0]
+        self.ladder_floor = [10.0] if quick else [5.0, 10.0, 20.0, 40.0, 80.0]
+        self.ladder_celery = [5.0, 20.0] if quick else [5.0, 20.0, 50.0, 100.0, 200.0, 400.0]
+        self.scale_pending = 300 if quick else 10_000
+        self.scale_rate = 2.0
+        self.scale_seconds = 6.0 if quick else 30.0
+        self.retries = 50 if quick else 200
+        self.retries_slow = 10 if quick else 30
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+# -- the target ----------------------------------------------------------------------------------------------
+
+
+class Target:
+    """bench/target.py in its own process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Proc(
+            "target",
+            [sys.executable, "-m", "bench.target", "--port", str(self.port)],
+            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            log=workdir / "target.log",
+        )
+        wait_http(f"{self.url}/_health", timeout=30, proc=self.proc, what="the target")
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=60)
+
+    async def arrivals(self, prefix: str) -> dict[str, list[float]]:
+        response = await self.http.get("/_arrivals", params={"prefix": prefix})
+        response.raise_for_status()
+        data: dict[str, list[float]] = response.json()
+        return data
+
+    async def fail(self, prefix: str, rate: float, seed: str) -> None:
+        (await self.http.post("/_config", json={"prefix": prefix, "fail_rate": rate, "seed": seed})).raise_for_status()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.proc.stop(timeout=5)
+
+
+# -- statistics ----------------------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, Any]:
+    """p50 / p99 / max / mean in seconds, of values in ms."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
+    return {
+        "n": len(values),
+        "p50": round(pct(values, 50) / 1000, 3),  # type: ignore[operator]
+        "p99": round(pct(values, 99) / 1000, 3),  # type: ignore[operator]
+        "max": round(max(values) / 1000, 3),
+        "mean": round(sum(values) / len(values) / 1000, 3),
+    }
+
+
+def check_counts(arrivals: dict[str, list[float]], expected: dict[str, int]) -> dict[str, Any]:
+    """Tasks with fewer requests than expected (lost), more (performed twice), and requests to unknown paths."""
+    lost = [p for p, n in expected.items() if len(arrivals.get(p, [])) < n]
+    twice = [p for p, n in expected.items() if len(arrivals.get(p, [])) > n]
+    unknown = [p for p in arrivals if p not in expected]
+    return {
+        "lost": len(lost),
+        "twice": len(twice),
+        "unknown": len(unknown),
+        "examples": (lost[:3] + twice[:3] + unknown[:3]),
+    }
+
+
+async def _arrivals(target: Target, system: System, prefix: str) -> dict[str, list[float]]:
+    own = system.own_arrivals(prefix)
+    return own if own is not None else await target.arrivals(prefix)
+
+
+async def wait_for(
+    target: Target, system: System, prefix: str, expected: dict[str, int], timeout: float
+) -> dict[str, list[float]]:
+    """Poll until every path got its expected number of requests, or ``timeout`` s; then a short grace period to
+    catch duplicates."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await _arrivals(target, system, prefix)
+        if all(len(got.get(p, [])) >= n for p, n in expected.items()):
+            break
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(1.0)
+    return await _arrivals(target, system, prefix)
+
+
+# -- submitting ----------------------------------------------------------------------------------------------
+
+
+async def submit_all(system: System, tasks: Sequence[TaskSpec], concurrency: int) -> dict[str, Any]:
+    """Create all tasks, ``concurrency`` at a time; how long it took and each create's latency."""
+    limit = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def one(task: TaskSpec) -> None:
+        async with limit:
+            started = time.perf_counter()
+            try:
+                await system.submit(task)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(t) for t in tasks))
+    elapsed = time.perf_counter() - started
+    return {
+        "n": len(tasks),
+        "seconds": round(elapsed, 3),
+        "per_s": round(len(tasks) / elapsed, 1) if elapsed > 0 else None,
+        "latency_ms": _ms_summary(latencies),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "finished_at": now_ms(),
+    }
+
+
+def _ms_summary(values: Sequence[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(pct(values, 50), 1),  # type: ignore[arg-type]
+        "p99": round(pct(values, 99), 1),  # type: ignore[arg-type]
+        "max": round(max(values), 1),
+    }
+
+
+async def stream(
+    system: System, tasks: Sequence[TaskSpec], lead: float, *, probe: bool = False, max_inflight: int = 64
+) -> dict[str, Any]:
+    """Create each task ``lead`` seconds before it is due, as a steady producer would; optionally probe the
+    system's read latency every 0.5 s meanwhile."""
+    latencies: list[float] = []
+    reads: list[float] = []
+    errors: list[str] = []
+    late = 0
+    limit = asyncio.Semaphore(max_inflight)
+    jobs: list[asyncio.Task[None]] = []
+
+    async def one(task: TaskSpec) -> None:
+        nonlocal late
+        async with limit:
+            started = time.perf_counter()
+            try:
+                await system.submit(task)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+            if now_ms() > task.due_ms:
+                late += 1
+
+    done = asyncio.Event()
+
+    async def prober() -> None:
+        while not done.is_set():
+            try:
+                value = await system.read_probe()
+                if value is not None:
+                    reads.append(value)
+            except Exception as exc:
+                errors.append(f"read: {type(exc).__name__}: {exc}"[:200])
+            await asyncio.sleep(0.5)
+
+    probing = asyncio.create_task(prober()) if probe else None
+    for task in tasks:
+        wait = (task.due_ms - lead * 1000 - now_ms()) / 1000
+        if wait > 0:
+            await asyncio.sleep(wait)
+        jobs.append(asyncio.create_task(one(task)))
+    await asyncio.gather(*jobs)
+    done.set()
+    if probing is not None:
+        await probing
+    return {
+        "create_ms": _ms_summary(latencies),
+        "read_ms": _ms_summary(reads),
+        "created_after_due": late,
+        "errors": len(errors),
+        "error_examples": errors[:3],
+    }
+
+
+def _run_id() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+# -- workloads -----------------------------------------------------------------------------------------------
+
+
+async def warmup(system: System, target: Target) -> dict[str, Any]:
+    """Tasks due now: the first few warm connection pools, the next ones measure how fast creates go (to size
+    the lead of the burst and retries workloads, whose tasks must all exist before they are due)."""
+    prefix = f"/warm/{system.name}/{_run_id()}/"
+    cold = [TaskSpec(f"{prefix}c{i}", now_ms()) for i in range(4)]
+    await submit_all(system, cold, system.create_concurrency)
+    timed = [TaskSpec(f"{prefix}{i}", now_ms()) for i in range(2 * system.create_concurrency)]
+    created = await submit_all(system, timed, system.create_concurrency)
+    expected = {t.path: 1 for t in [*cold, *timed]}
+    got = await wait_for(target, system, prefix, expected, timeout=120)
+    return {"create": created, "arrived": sum(1 for p in expected if got.get(p))}
+
+
+async def burst(system: System, target: Target, n: int, create_rate: float) -> dict[str, Any]:
+    """``n`` tasks all due at one instant, created beforehand."""
+    prefix = f"/b/{system.name}/{_run_id()}/"
+    completed = getattr(system, "prefect_completed", None)
+    base = completed() if completed is not None else None
+    lead = max(5.0, 1.5 * n / max(create_rate, 1.0) + 3.0)
+    due = now_ms() + lead * 1000
+    tasks = [TaskSpec(f"{prefix}{i}", due) for i in range(n)]
+    created = await submit_all(system, tasks, system.create_concurrency)
+    created["after_due"] = created["finished_at"] > due
+    timeout = 60 + n * (2.5 if system.slow else 0.3) + max(0.0, (due - now_ms()) / 1000)
+    got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=timeout)
+    firsts = [times[0] for times in got.values() if times]
+    lateness = [t - due for t in firsts]
+    result: dict[str, Any] = {
+        "n": n,
+        "create": created,
+        "lead_s": round(lead, 1),
+        "lateness": summary_ms(lateness),
+        "check": check_counts(got, {t.path: 1 for t in tasks}),
+    }
+    if firsts:
+        last = max(firsts)
+        result["last_arrival_s"] = round((last - due) / 1000, 3)
+        result["per_s"] = round(len(firsts) / max((last - due) / 1000, 0.001), 1)
+    done_of = getattr(system, "own_done", None)
+    if done_of is not None:  # the floor: done is when Completed was acknowledged
+        done = [times[0] for times in done_of(prefix).values() if times]
+        if done:
+            result["last_arrival_s"] = round((max(done) - due) / 1000, 3)
+            result["per_s"] = round(len(done) / max((max(done) - due) / 1000, 0.001), 1)
+            result["throughput_basis"] = "Completed acknowledged"
+    if completed is not None and base is not None:  # hexlabs: how long until Prefect shows every run Completed
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            total = completed()
+            if total is not None and total >= base + n:
+                result["prefect_all_completed_s"] = round((now_ms() - due) / 1000, 1)
+                break
+            await asyncio.sleep(0.5)
+    return result
+
+
+def _steady_tasks(prefix: str, rate: float, seconds: float, lead: float) -> list[TaskSpec]:
+    start = now_ms() + (lead + 1.0) * 1000
+    count = max(1, int(rate * seconds))
+    return [TaskSpec(f"{prefix}{i}", start + i * 1000 / rate) for i in range(count)]
+
+
+def _steady_result(tasks: Sequence[TaskSpec], got: dict[str, list[float]]) -> dict[str, Any]:
+    lateness = [got[t.path][0] - t.due_ms for t in tasks if got.get(t.path)]
+    quarter = max(1, len(tasks) // 4)
+    first = [got[t.path][0] - t.due_ms for t in tasks[:quarter] if got.get(t.path)]
+    last = [got[t.path][0] - t.due_ms for t in tasks[-quarter:] if got.get(t.path)]
+    stats = summary_ms(lateness)
+    p50_first, p50_last = pct(first, 50), pct(last, 50)
+    growing = p50_first is not None and p50_last is not None and p50_last - p50_first > 1000
+    complete = len(lateness) == len(tasks)
+    return {
+        "lateness": stats,
+        "p50_first_quarter": round(p50_first / 1000, 3) if p50_first is not None else None,
+        "p50_last_quarter": round(p50_last / 1000, 3) if p50_last is not None else None,
+        "sustainable": bool(complete and not growing and stats["p99"] is not None and stats["p99"] < 5.0),
+        "check": check_counts(got, {t.path: 1 for t in tasks}),
+    }
+
+
+async def steady_one(system: System, target: Target, rate: float, seconds: float, lead: float) -> dict[str, Any]:
+    prefix = f"/s/{system.name}/{_run_id()}/"
+    tasks = _steady_tasks(prefix, rate, seconds, lead)
+    created = await stream(system, tasks, lead)
+    # a runaway backlog is not waited for long: the ladder stops there (the final check waits for it)
+    got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=max(15.0, seconds / 2))
+    return {"rate": rate, "n": len(tasks), "seconds": seconds, "create": created, **_steady_result(tasks, got),
+            "prefix": prefix, "paths": [t.path for t in tasks]}
+
+
+async def steady_ladder(
+    system: System, target: Target, rates: Sequence[float], seconds: float, lead: float
+) -> dict[str, Any]:
+    """Rates in increasing order until lateness runs away (not all done, p99 ≥ 5 s, or p50 growing by > 1 s)."""
+    runs = []
+    for rate in rates:
+        result = await steady_one(system, target, rate, seconds, lead)
+        runs.append(result)
+        print(f"    steady {rate:g}/s: p50 {result['lateness']['p50']} s, p99 {result['lateness']['p99']} s, "
+              f"sustainable {result['sustainable']}", flush=True)
+        if not result["sustainable"]:
+            break
+        await system.quiet()
+    sustainable = [r["rate"] for r in runs if r["sustainable"]]
+    under_1s = [r["rate"] for r in runs if r["lateness"]["p99"] is not None and r["lateness"]["p99"] < 1.0
+                and r["check"]["lost"] == 0]
+    return {
+        "runs": runs,
+        "max_sustainable": max(sustainable) if sustainable else None,
+        "max_p99_under_1s": max(under_1s) if under_1s else None,
+        "ladder_topped_out": bool(runs) and runs[-1]["sustainable"],
+    }
+
+
+async def retries(system: System, target: Target, n: int, create_rate: float) -> dict[str, Any]:
+    """``n`` tasks against paths failing ~50% of attempts (503); each must end with exactly the attempts the
+    target's rule implies (first success, retries=20, 0.5 s apart)."""
+    run = _run_id()
+    prefix = f"/r/{system.name}/{run}/"
+    seed = f"seed-{run}"
+    await target.fail(prefix, 0.5, seed)
+    lead = max(3.0, 1.5 * n / max(create_rate, 1.0) + 2.0)
+    due = now_ms() + lead * 1000
+    tasks = [TaskSpec(f"{prefix}{i}", due, retries=20, retry_delay=0.5) for i in range(n)]
+    expected = {t.path: expected_attempts(seed, t.path, 0.5, 21) for t in tasks}
+    created = await submit_all(system, tasks, system.create_concurrency)
+    timeout = 90 + n * (3.0 if system.slow else 0.3) + lead
+    got = await wait_for(target, system, prefix, expected, timeout=timeout)
+    await asyncio.sleep(2.0)  # a late extra attempt would show now
+    got = await target.arrivals(prefix)
+    check = check_counts(got, expected)
+    completed = sum(1 for p, k in expected.items() if len(got.get(p, [])) >= k)
+    last = max((times[-1] for times in got.values() if times), default=due)
+    return {
+        "n": n,
+        "create": created,
+        "completed": completed,
+        "attempts": sum(len(v) for v in got.values()),
+        "expected_attempts": sum(expected.values()),
+        "wrong_count": check["lost"] + check["twice"],
+        "all_done_s": round((last - due) / 1000, 2),
+        "check": check,
+    }
+
+
+async def scale(system: System, target: Target, pending: int, rate: float, seconds: float, lead: float) -> dict[str, Any]:
+    """A steady stream with no pending tasks, then ``pending`` tasks created due a day from now, then the same
+    stream again: lateness, API create/read latency and memory, before and after."""
+    run = _run_id()
+
+    async def phase(name: str) -> dict[str, Any]:
+        prefix = f"/sc/{system.name}/{run}/{name}/"
+        tasks = _steady_tasks(prefix, rate, seconds, lead)
+        created = await stream(system, tasks, lead, probe=True)
+        got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=30)
+        return {"create": created, **_steady_result(tasks, got), "rss_mb": system.rss()}
+
+    await system.quiet()
+    rss_start = system.rss()
+    before = await phase("before")
+    far = now_ms() + 86_400_000
+    pending_prefix = f"/sc/{system.name}/{run}/pending/"
+    created = await submit_all(
+        system, [TaskSpec(f"{pending_prefix}{i}", far + i) for i in range(pending)], system.create_concurrency
+    )
+    created.pop("finished_at", None)
+    await system.quiet()
+    rss_pending = system.rss()
+    after = await phase("after")
+    early = len(await _arrivals(target, system, pending_prefix))
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(b / a, 2) if a and b is not None else None
+
+    return {
+        "pending": pending,
+        "rate": rate,
+        "create_pending": created,
+        "before": before,
+        "after": after,
+        "rss_start_mb": rss_start,
+        "rss_with_pending_mb": rss_pending,
+        "performed_early": early,
+        "p99_ratio": ratio(before["lateness"]["p99"], after["lateness"]["p99"]),
+        "create_p99_ratio": ratio(before["create"]["create_ms"].get("p99"), after["create"]["create_ms"].get("p99")),
+        "read_p99_ratio": ratio(before["create"]["read_ms"].get("p99"), after["create"]["read_ms"].get("p99")),
+    }
