@@ -274,6 +274,9 @@ class Store:
         query = select(TaskRow).where(_T.status == TaskStatus.PENDING.value, _T.due_at.is_(None))
         if task_ids is not None:
             query = query.where(_T.id.in_(list(task_ids)))
+        async with self.read() as session:  # most calls find nothing waiting: no write lock for them
+            if (await session.execute(query.with_only_columns(_T.id).limit(1))).first() is None:
+                return []
         cancelled: builtins.list[str] = []
         async with self.write() as session:
             for waiting in (await session.execute(query.limit(1000))).scalars().all():
