@@ -317,11 +317,11 @@ def delete(ctx: click.Context, task_id: str) -> None:
 @click.pass_context
 @_errors
 def wait(ctx: click.Context, task_id: str, timeout: float) -> None:
-    """Wait until a task is completed, failed or cancelled; print it. Exits 1 unless it completed."""
-    task = _client(ctx).wait(task_id, timeout=timeout)
-    _print_task(task)
-    if task.status is not TaskStatus.COMPLETED:
-        sys.exit(1)
+    """Wait until a task is completed, failed or cancelled, and print it (as the SDK's wait: check its status).
+
+    Exits 1 if it is not final within --timeout.
+    """
+    _print_task(_client(ctx).wait(task_id, timeout=timeout))
 
 
 # -- watch ---------------------------------------------------------------------------------------------------------
