@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, event, func, or_, select, update
+from sqlalchemy import Table, and_, case, delete, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -531,6 +531,8 @@ class Store:
                     lease_expires_at=None,
                     attempt_started_at=None,
                     attempts=_T.attempts - 1,
+                    # A first attempt given back leaves a task that never ran: pending again, not running.
+                    status=case((_T.attempts == 1, TaskStatus.PENDING.value), else_=_T.status),
                     due_at=due_at,
                     version=_T.version + 1,
                 )

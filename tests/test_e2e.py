@@ -440,3 +440,23 @@ def test_two_workers_perform_each_of_200_tasks_exactly_once(
         responses = [a for a in client_attempts(stack, task.id) if a["status"] is not None]
         assert len(responses) == 1, (task.id, responses)
     stack.close()  # before the session drops its database
+
+
+def test_a_stopped_worker_gives_its_running_attempt_back_uncounted(
+    make_stack: StackFactory, target: HttpTarget, path: str
+) -> None:
+    stack = make_stack(workers=1)  # HEXLABS_TASKS_SHUTDOWN_GRACE is 3 s in these stacks
+    target.respond(path, Reply(200, delay=30), Reply(200))
+    with stack.client() as client:
+        task = client.create(task_body(target, path, now_ms()))
+        target.wait_for(1, path, timeout=10)
+        started = time.monotonic()
+        assert stack.stop(stack.workers[0], signal.SIGINT, timeout=20) == 0  # Ctrl-C: a clean exit
+        assert time.monotonic() - started < 15
+        given_back = client.read(task.id)
+        assert (given_back.status, given_back.attempts) == ("pending", 0)  # not counted, never ran to the end
+        assert given_back.next_attempt_at is not None
+        stack.start_worker()
+        done = finished(client, task.id)
+    assert (done.status, done.attempts) == ("completed", 1)
+    assert client_attempts(stack, task.id)[-1]["status"] == 200

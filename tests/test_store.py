@@ -745,6 +745,7 @@ async def test_release_gives_the_attempt_back_due_again_and_unheld(store: Store)
     stored = await store.get("t1")
     assert stored is not None
     assert stored.attempts == 0
+    assert stored.status == "pending"  # it never ran
     assert stored.due_at == NOW + 10
     assert (stored.lease_owner, stored.lease_expires_at, stored.attempt_started_at) == (None, None, None)
     assert stored.version == claimed.version + 1
