@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -150,9 +151,17 @@ async def _admin(statement: str) -> None:
         await connection.close()
 
 
+def _sync(coro: Any) -> Any:
+    """Run a coroutine to completion on a loop of its own in a thread (callers may be inside the driver's loop)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=60)
+
+
 def pg_available() -> bool:
     try:
-        asyncio.run(_admin("SELECT 1"))
+        _sync(_admin("SELECT 1"))
     except Exception:
         return False
     return True
@@ -161,7 +170,7 @@ def pg_available() -> bool:
 def create_pg_database(prefix: str) -> str:
     """A fresh database; returns its plain ``postgresql://`` URL."""
     name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    _sync(_admin(f'CREATE DATABASE "{name}"'))
     return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
 
 
@@ -170,7 +179,7 @@ def drop_pg_database(url: str) -> None:
     if not name.startswith("bench_"):
         raise ValueError(f"refusing to drop {name}")
     with contextlib.suppress(Exception):
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _sync(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # -- a Prefect server ----------------------------------------------------------------------------------------

@@ -33,7 +33,10 @@ from bench.procs import pg_available, stop_all  # noqa: E402
 from bench.systems import SYSTEMS, Ctx, make_system  # noqa: E402
 
 WORKLOADS = ("burst", "retries", "steady", "scale")
-QUICK_SYSTEMS = ("floor-sqlite", "hexlabs-sqlite", "celery")
+# --quick runs on PostgreSQL when it answers: Prefect on SQLite creates runs at 1-7/s under concurrent writers
+# (lock stalls retried after 2, 4, 8 s), which alone would take the quick run past 3 minutes
+QUICK_SYSTEMS = ("floor-pg", "hexlabs-pg", "celery")
+QUICK_SYSTEMS_NO_PG = ("floor-sqlite", "hexlabs-sqlite", "celery")
 # floor before hexlabs on each server (hexlabs' scale workload leaves its pending runs there); stock on SQLite
 ORDER = ("floor-sqlite", "flow-serve", "process-worker", "hexlabs-sqlite", "floor-pg", "hexlabs-pg", "celery")
 
@@ -85,7 +88,10 @@ def versions() -> dict[str, str]:
             finally:
                 await connection.close()
 
-        out["postgresql"] = asyncio.run(pg())
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside the driver's event loop
+            out["postgresql"] = pool.submit(asyncio.run, pg()).result(timeout=10)
     except Exception:
         pass
     return out
@@ -101,7 +107,28 @@ def _ladder(name: str, sizes: wl.Sizes, slow: bool) -> list[float]:
     return sizes.ladder
 
 
-async def run_system(name: str, ctx: Ctx, target: wl.Target, sizes: wl.Sizes, wanted: list[str]) -> dict[str, Any]:
+def _start_profiles(system: Any, ctx: Ctx, seconds: int) -> None:
+    """py-spy (sampling, --nonblocking) on the system's processes during the steady workload, collapsed stacks."""
+    import shutil
+
+    from bench.procs import Proc
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = ctx.workdir / "profiles"
+    out.mkdir(exist_ok=True)
+    for part, pid in system.profile_targets().items():
+        Proc(
+            f"py-spy-{part}",
+            [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50", "--nonblocking",
+             "--subprocesses", "--format", "raw", "-o", str(out / f"{system.name}-{part}.txt")],
+            env=dict(os.environ), cwd=ctx.workdir, log=out / f"{system.name}-{part}.log",
+        )
+    print(f"    profiling {list(system.profile_targets())} for {seconds} s into {out}", flush=True)
+
+
+async def run_system(
+    name: str, ctx: Ctx, target: wl.Target, sizes: wl.Sizes, wanted: list[str], profile: int = 0
+) -> dict[str, Any]:
     system = make_system(name, ctx)
     record: dict[str, Any] = {**system.describe(), "workloads": {}, "errors": []}
     started = time.monotonic()
@@ -130,6 +157,8 @@ async def run_system(name: str, ctx: Ctx, target: wl.Target, sizes: wl.Sizes, wa
                     n = sizes.retries_slow if system.slow else sizes.retries
                     result = await wl.retries(system, target, n, rate)
                 elif workload == "steady":
+                    if profile and hasattr(system, "profile_targets"):
+                        _start_profiles(system, ctx, profile)
                     result = await wl.steady_ladder(
                         system, target, _ladder(name, sizes, system.slow), sizes.steady_seconds, sizes.steady_lead
                     )
@@ -194,7 +223,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = wl.Sizes(args.quick)
     for k, v in (args.size or []):
         setattr(sizes, k, type(getattr(sizes, k))(v))
-    names = [s for s in (args.systems.split(",") if args.systems else (QUICK_SYSTEMS if args.quick else ORDER)) if s]
+    default = ORDER
+    if args.quick:
+        default = QUICK_SYSTEMS if pg_available() else QUICK_SYSTEMS_NO_PG
+    names = [s for s in (args.systems.split(",") if args.systems else default) if s]
     unknown = [s for s in names if s not in SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
@@ -229,7 +261,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     ctx.target_url = target.url
     try:
         for name in names:
-            results["systems"][name] = await run_system(name, ctx, target, sizes, wanted)
+            results["systems"][name] = await run_system(name, ctx, target, sizes, wanted, args.profile)
             results["meta"]["prefect_server_start_s"] = {k: round(v, 1) for k, v in ctx.server_start_s.items()}
             _write(results, args.out)
     finally:
@@ -248,7 +280,9 @@ def _write(results: dict[str, Any], out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small workloads, 3 systems; < 3 min, indicative only")
+    parser.add_argument("--quick", action="store_true",
+                        help="small workloads; floor, hexlabs (PostgreSQL if reachable, else SQLite) and Celery; "
+                        "< 3 min, indicative only")
     parser.add_argument("--systems", help=f"comma-separated, of: {', '.join(SYSTEMS)}")
     parser.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
@@ -256,6 +290,8 @@ def main() -> None:
     parser.add_argument("--png", default=str(REPO / "docs" / "performance.png"))
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--workdir", help="where logs and databases go (default: a new temp dir)")
+    parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+                        help="py-spy the hexlabs worker, API and Prefect server for this long from the steady start")
     parser.add_argument("--size", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="override a workload size, e.g. --size burst 200 (see bench/workloads.py Sizes)")
     args = parser.parse_args()

@@ -34,16 +34,16 @@ class Sizes:
         self.quick = quick
         self.burst = 100 if quick else 500
         self.burst_slow = 20 if quick else 60  # stock Prefect runners: ~1 run/s
-        self.steady_seconds = 8.0 if quick else 60.0
+        self.steady_seconds = 5.0 if quick else 60.0
         self.steady_lead = 2.0 if quick else 5.0
         self.ladder = [2.0, 5.0] if quick else [2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]
         self.ladder_slow = [0.5] if quick else [0.25, 0.5, 1.0, 2.0]
         self.ladder_floor = [10.0] if quick else [5.0, 10.0, 20.0, 40.0, 80.0]
         self.ladder_celery = [5.0, 20.0] if quick else [5.0, 20.0, 50.0, 100.0, 200.0, 400.0]
-        self.scale_pending = 300 if quick else 10_000
+        self.scale_pending = 200 if quick else 10_000
         self.scale_rate = 2.0
-        self.scale_seconds = 6.0 if quick else 30.0
-        self.retries = 50 if quick else 200
+        self.scale_seconds = 4.0 if quick else 30.0
+        self.retries = 30 if quick else 200
         self.retries_slow = 10 if quick else 30
 
     def as_dict(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ async def wait_for(
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.25)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(0.5)
     return await _arrivals(target, system, prefix)
 
 
@@ -196,6 +196,7 @@ async def stream(
     reads: list[float] = []
     errors: list[str] = []
     late = 0
+    created_at: dict[str, float] = {}
     limit = asyncio.Semaphore(max_inflight)
     jobs: list[asyncio.Task[None]] = []
 
@@ -209,7 +210,8 @@ async def stream(
                 errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 return
             latencies.append((time.perf_counter() - started) * 1000)
-            if now_ms() > task.due_ms:
+            created_at[task.path] = now_ms()
+            if created_at[task.path] > task.due_ms:
                 late += 1
 
     done = asyncio.Event()
@@ -240,6 +242,7 @@ async def stream(
         "created_after_due": late,
         "errors": len(errors),
         "error_examples": errors[:3],
+        "created_at": created_at,
     }
 
 
@@ -256,7 +259,7 @@ async def warmup(system: System, target: Target) -> dict[str, Any]:
     prefix = f"/warm/{system.name}/{_run_id()}/"
     cold = [TaskSpec(f"{prefix}c{i}", now_ms()) for i in range(4)]
     await submit_all(system, cold, system.create_concurrency)
-    timed = [TaskSpec(f"{prefix}{i}", now_ms()) for i in range(2 * system.create_concurrency)]
+    timed = [TaskSpec(f"{prefix}{i}", now_ms()) for i in range(16)]
     created = await submit_all(system, timed, system.create_concurrency)
     expected = {t.path: 1 for t in [*cold, *timed]}
     got = await wait_for(target, system, prefix, expected, timeout=120)
@@ -268,7 +271,8 @@ async def burst(system: System, target: Target, n: int, create_rate: float) -> d
     prefix = f"/b/{system.name}/{_run_id()}/"
     completed = getattr(system, "prefect_completed", None)
     base = completed() if completed is not None else None
-    lead = max(5.0, 1.5 * n / max(create_rate, 1.0) + 3.0)
+    lead = min(max(4.0, 1.3 * n / max(create_rate, 1.0) + 2.0), 60.0 if n <= 100 else 120.0)
+    print(f"    burst of {n}: create rate estimate {create_rate:.1f}/s, due in {lead:.0f} s", flush=True)
     due = now_ms() + lead * 1000
     tasks = [TaskSpec(f"{prefix}{i}", due) for i in range(n)]
     created = await submit_all(system, tasks, system.create_concurrency)
@@ -289,7 +293,10 @@ async def burst(system: System, target: Target, n: int, create_rate: float) -> d
         result["last_arrival_s"] = round((last - due) / 1000, 3)
         result["per_s"] = round(len(firsts) / max((last - due) / 1000, 0.001), 1)
     done_of = getattr(system, "own_done", None)
-    if done_of is not None:  # the floor: done is when Completed was acknowledged
+    if done_of is not None:  # the floor: done is when Completed was acknowledged (after every Running)
+        deadline = time.monotonic() + timeout
+        while len(done_of(prefix)) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         done = [times[0] for times in done_of(prefix).values() if times]
         if done:
             result["last_arrival_s"] = round((max(done) - due) / 1000, 3)
@@ -312,8 +319,13 @@ def _steady_tasks(prefix: str, rate: float, seconds: float, lead: float) -> list
     return [TaskSpec(f"{prefix}{i}", start + i * 1000 / rate) for i in range(count)]
 
 
-def _steady_result(tasks: Sequence[TaskSpec], got: dict[str, list[float]]) -> dict[str, Any]:
+def _steady_result(
+    tasks: Sequence[TaskSpec], got: dict[str, list[float]], created: dict[str, Any]
+) -> dict[str, Any]:
+    created_at = created.pop("created_at", {})
     lateness = [got[t.path][0] - t.due_ms for t in tasks if got.get(t.path)]
+    # the worker's part alone: tasks whose create call returned before they were due
+    in_time = [got[t.path][0] - t.due_ms for t in tasks if got.get(t.path) and created_at.get(t.path, 0) <= t.due_ms]
     quarter = max(1, len(tasks) // 4)
     first = [got[t.path][0] - t.due_ms for t in tasks[:quarter] if got.get(t.path)]
     last = [got[t.path][0] - t.due_ms for t in tasks[-quarter:] if got.get(t.path)]
@@ -323,6 +335,7 @@ def _steady_result(tasks: Sequence[TaskSpec], got: dict[str, list[float]]) -> di
     complete = len(lateness) == len(tasks)
     return {
         "lateness": stats,
+        "lateness_created_in_time": summary_ms(in_time),
         "p50_first_quarter": round(p50_first / 1000, 3) if p50_first is not None else None,
         "p50_last_quarter": round(p50_last / 1000, 3) if p50_last is not None else None,
         "sustainable": bool(complete and not growing and stats["p99"] is not None and stats["p99"] < 5.0),
@@ -336,7 +349,7 @@ async def steady_one(system: System, target: Target, rate: float, seconds: float
     created = await stream(system, tasks, lead)
     # a runaway backlog is not waited for long: the ladder stops there (the final check waits for it)
     got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=max(15.0, seconds / 2))
-    return {"rate": rate, "n": len(tasks), "seconds": seconds, "create": created, **_steady_result(tasks, got),
+    return {"rate": rate, "n": len(tasks), "seconds": seconds, **_steady_result(tasks, got, created), "create": created,
             "prefix": prefix, "paths": [t.path for t in tasks]}
 
 
@@ -371,7 +384,7 @@ async def retries(system: System, target: Target, n: int, create_rate: float) ->
     prefix = f"/r/{system.name}/{run}/"
     seed = f"seed-{run}"
     await target.fail(prefix, 0.5, seed)
-    lead = max(3.0, 1.5 * n / max(create_rate, 1.0) + 2.0)
+    lead = min(max(3.0, 1.3 * n / max(create_rate, 1.0) + 2.0), 60.0 if n <= 100 else 120.0)
     due = now_ms() + lead * 1000
     tasks = [TaskSpec(f"{prefix}{i}", due, retries=20, retry_delay=0.5) for i in range(n)]
     expected = {t.path: expected_attempts(seed, t.path, 0.5, 21) for t in tasks}
@@ -405,7 +418,7 @@ async def scale(system: System, target: Target, pending: int, rate: float, secon
         tasks = _steady_tasks(prefix, rate, seconds, lead)
         created = await stream(system, tasks, lead, probe=True)
         got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=30)
-        return {"create": created, **_steady_result(tasks, got), "rss_mb": system.rss()}
+        return {**_steady_result(tasks, got, created), "create": created, "rss_mb": system.rss()}
 
     await system.quiet()
     rss_start = system.rss()

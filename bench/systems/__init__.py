@@ -72,6 +72,10 @@ class System:
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
+        if self.db == "sqlite":
+            # Prefect on SQLite: concurrent writers meet "database is locked", answered by 503s that the client
+            # retries after 2, 4, 8 s; 8 at a time (hexlabs' own Prefect call limit)
+            self.create_concurrency = 8
         self.workdir = ctx.workdir / self.name
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -108,7 +112,7 @@ class System:
 
     async def quiet(self) -> None:
         """Let background work settle between workloads."""
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5 if self.ctx.quick else 1.0)
 
 
 def _registry() -> dict[str, type[System]]:

@@ -4,10 +4,8 @@ Prefect server both). Tasks are created through the API with the async SDK."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
@@ -95,6 +93,13 @@ class _Hexlabs(System):
             "prefect-server": server.rss() if server else None,
         }
 
+    def profile_targets(self) -> dict[str, int]:
+        server = self.ctx.servers.get(self.db)
+        out = {"worker": self.worker.pid if self.worker else 0, "api": self.api.pid if self.api else 0}
+        if server is not None and server.proc is not None:
+            out["prefect-server"] = server.proc.pid
+        return {k: v for k, v in out.items() if v}
+
     def prefect_completed(self) -> int | None:
         """Flow runs Completed in Prefect (to see how far the Prefect mirror lags the requests)."""
         server = self.ctx.servers.get(self.db)
@@ -130,4 +135,3 @@ class HexlabsPg(_Hexlabs):
     notes = "API + 1 worker (defaults); store and Prefect server on PostgreSQL 127.0.0.1:5432"
 
 
-_ = (os, Path)
