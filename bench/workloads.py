@@ -146,6 +146,18 @@ async def wait_for(
 # -- submitting ----------------------------------------------------------------------------------------------
 
 
+async def _timed_submit(system: System, task: TaskSpec, latencies: list[float], errors: list[str]) -> bool:
+    """Create one task, recording its latency (ms) or its error; whether it was created."""
+    started = time.perf_counter()
+    try:
+        await system.submit(task)
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}"[:200])
+        return False
+    latencies.append((time.perf_counter() - started) * 1000)
+    return True
+
+
 async def submit_all(system: System, tasks: Sequence[TaskSpec], concurrency: int) -> dict[str, Any]:
     """Create all tasks, ``concurrency`` at a time; how long it took and each create's latency."""
     limit = asyncio.Semaphore(concurrency)
@@ -154,13 +166,7 @@ async def submit_all(system: System, tasks: Sequence[TaskSpec], concurrency: int
 
     async def one(task: TaskSpec) -> None:
         async with limit:
-            started = time.perf_counter()
-            try:
-                await system.submit(task)
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                return
-            latencies.append((time.perf_counter() - started) * 1000)
+            await _timed_submit(system, task, latencies, errors)
 
     started = time.perf_counter()
     await asyncio.gather(*(one(t) for t in tasks))
@@ -203,13 +209,8 @@ async def stream(
     async def one(task: TaskSpec) -> None:
         nonlocal late
         async with limit:
-            started = time.perf_counter()
-            try:
-                await system.submit(task)
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            if not await _timed_submit(system, task, latencies, errors):
                 return
-            latencies.append((time.perf_counter() - started) * 1000)
             created_at[task.path] = now_ms()
             if created_at[task.path] > task.due_ms:
                 late += 1

@@ -96,6 +96,15 @@ class System:
         """Milliseconds to read one task back through the system's API; None where there is no such API."""
         return None
 
+    @staticmethod
+    async def _prefect_read_probe(client: Any, flow_run_id: Any) -> float | None:
+        """Milliseconds to read a flow run back from Prefect (None before there is one)."""
+        if client is None or flow_run_id is None:
+            return None
+        started = time.perf_counter()
+        await client.read_flow_run(flow_run_id)
+        return (time.perf_counter() - started) * 1000
+
     def rss(self) -> dict[str, float | None]:
         """Resident memory in MiB of the parts: worker, api, prefect-server..."""
         return {}

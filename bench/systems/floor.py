@@ -10,7 +10,6 @@ flight (hexlabs' default ``HEXLABS_TASKS_PREFECT_CONCURRENCY``). "Start" is when
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,11 +83,7 @@ class _Floor(System):
         return {p: t for p, t in self.done_at.items() if p.startswith(prefix)}
 
     async def read_probe(self) -> float | None:
-        if self.client is None or self.last_run is None:
-            return None
-        started = time.perf_counter()
-        await self.client.read_flow_run(self.last_run)
-        return (time.perf_counter() - started) * 1000
+        return await self._prefect_read_probe(self.client, self.last_run)
 
     def rss(self) -> dict[str, float | None]:
         server = self.ctx.servers.get(self.db)  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,11 +66,7 @@ class _Stock(System):
         self.last_run = run.id
 
     async def read_probe(self) -> float | None:
-        if self.client is None or self.last_run is None:
-            return None
-        started = time.perf_counter()
-        await self.client.read_flow_run(self.last_run)
-        return (time.perf_counter() - started) * 1000
+        return await self._prefect_read_probe(self.client, self.last_run)
 
     def rss(self) -> dict[str, float | None]:
         server = self.ctx.servers.get(self.db)  # type: ignore[arg-type]
