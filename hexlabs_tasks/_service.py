@@ -6,6 +6,7 @@ so a Prefect failure leaves the store untouched, and a store failure undoes what
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hashlib
 import json
@@ -167,11 +168,22 @@ class TaskService:
             rows.append(self._new_row(task_id, create, now, chain_id=chain_id, step=first_step + n))
         created_runs: builtins.list[str] = []
         try:
-            for row in rows:
-                row.flow_run_id = await self.bridge.create_run(
-                    row.id, generation=0, at_ms=row.perform_at, tags=chain_tags(chain_id, row.chain_step)
-                )
-                created_runs.append(row.flow_run_id)
+            # all the chain's runs go to Prefect together (one bulk create)
+            runs = await asyncio.gather(
+                *(
+                    self.bridge.create_run(
+                        row.id, generation=0, at_ms=row.perform_at, tags=chain_tags(chain_id, row.chain_step)
+                    )
+                    for row in rows
+                ),
+                return_exceptions=True,
+            )
+            created_runs = [run for run in runs if isinstance(run, str)]
+            failed = next((run for run in runs if isinstance(run, BaseException)), None)
+            if failed is not None:
+                raise failed
+            for row, run in zip(rows, created_runs, strict=True):
+                row.flow_run_id = run
             await self.store.insert_chain(
                 rows, edges, events=[task_event(r.id, "created", r.status, now) for r in rows]
             )

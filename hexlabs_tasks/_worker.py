@@ -44,6 +44,8 @@ from hexlabs_tasks._tables import AttemptRow, TaskRow
 __all__ = ["Worker"]
 
 logger = logging.getLogger("hexlabs_tasks.worker")
+FIRST_CLAIM = 8  # tasks taken by the first claim of a burst
+MAX_CLAIM = 200  # tasks taken by one claim at most
 
 
 class Worker:
@@ -126,6 +128,7 @@ class Worker:
                 self._http = None
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        claim_step = FIRST_CLAIM
         while not stop.is_set():
             timeout = self.poll_interval
             free = self.concurrency - len(self._inflight)
@@ -134,14 +137,18 @@ class Worker:
                     next_due = await self.store.next_due_at()
                     now = self.clock()
                     if next_due is not None and next_due <= now:
-                        limit = min(free, 200)
+                        # A burst is claimed in growing steps (8, 16, 32, ...): the first requests start after a
+                        # small claim instead of waiting for one big one; a short claim starts the ramp again.
+                        limit = min(free, claim_step, MAX_CLAIM)
                         rows = await self.store.claim_due(
                             owner=self.worker_id, now=now, lease_until=now + self.lease_ms, limit=limit
                         )
                         for row in rows:
                             self._start(row)
                         if len(rows) == limit:
+                            claim_step = min(claim_step * 2, MAX_CLAIM)
                             continue
+                        claim_step = FIRST_CLAIM
                     elif next_due is not None:
                         timeout = min(timeout, (next_due - now) / 1000)
                 else:
