@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from hexlabs_tasks._models import RequestSpec, RetryPolicy, TaskStatus
 from hexlabs_tasks._performer import AttemptResult, perform
 from hexlabs_tasks._prefect import AWAITING_RETRY, COMPLETED, FAILED
 from hexlabs_tasks._retry import Decision, Verdict, decide
-from hexlabs_tasks._store import Store, now_ms, task_event
+from hexlabs_tasks._store import Finish, Store, now_ms, task_event
 from hexlabs_tasks._tables import AttemptRow, EventRow, TaskRow
 
 __all__ = ["AttemptOutcome", "attempt_line", "execute_attempt", "outcome_events", "outcome_values", "spec_of"]
@@ -125,8 +125,13 @@ async def execute_attempt(
     owner: str,
     clock: Callable[[], int] = now_ms,
     rand: Callable[[], float] = random.random,
+    record: Callable[[Finish], Awaitable[TaskRow | None]] | None = None,
 ) -> AttemptOutcome:
-    """Perform the attempt ``row`` was claimed for and record it; never raises for the request's failures."""
+    """Perform the attempt ``row`` was claimed for and record it; never raises for the request's failures.
+
+    ``record`` writes the outcome (default: :meth:`Store.finish_attempt`; the worker batches many into one
+    transaction).
+    """
     number = row.attempts
     started = row.attempt_started_at or clock()
     result = await perform(http, spec_of(row))
@@ -158,11 +163,15 @@ async def execute_attempt(
     events = outcome_events(row, attempt, decision, finished)
     # The request has been sent: its outcome must be recorded, or the lease would expire and the task be performed
     # again. A failing write is retried (the lease is still renewed meanwhile) before giving up.
+    finish = Finish(task_id=row.id, owner=owner, attempt=attempt, values=values, events=tuple(events))
     for delay in (*_RECORD_RETRY_DELAYS, None):
         try:
-            new_row = await store.finish_attempt(
-                task_id=row.id, owner=owner, attempt=attempt, values=values, events=events
-            )
+            if record is not None:
+                new_row = await record(finish)
+            else:
+                new_row = await store.finish_attempt(
+                    task_id=row.id, owner=owner, attempt=attempt, values=values, events=events
+                )
             break
         except (ServiceUnavailable, SQLAlchemyError, OSError, TimeoutError) as exc:
             if delay is None:

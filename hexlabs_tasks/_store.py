@@ -16,6 +16,7 @@ import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from hexlabs_tasks._models import Attempt, Task, TaskStatus
 from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
 __all__ = [
+    "Finish",
     "Store",
     "decode_cursor",
     "encode_cursor",
@@ -136,6 +138,45 @@ def to_attempt(row: AttemptRow) -> Attempt:
         error=row.error,
         duration_ms=row.duration_ms,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One attempt to record: see :meth:`Store.finish_attempt`."""
+
+    task_id: str
+    owner: str
+    attempt: AttemptRow
+    values: dict[str, Any]
+    expired_before: int | None = None
+    events: tuple[EventRow, ...] = ()
+
+
+async def _finish(session: AsyncSession, finish: Finish) -> TaskRow | None:
+    conditions: builtins.list[ColumnElement[bool]] = [
+        TaskRow.id == finish.task_id,
+        TaskRow.lease_owner == finish.owner,
+        TaskRow.attempts == finish.attempt.number,
+    ]
+    if finish.expired_before is not None:
+        conditions.append(_T.lease_expires_at < finish.expired_before)
+    result = await session.execute(
+        update(TaskRow)
+        .where(*conditions)
+        .values(**finish.values, lease_owner=None, lease_expires_at=None, version=_T.version + 1)
+        .returning(TaskRow)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.scalars().one_or_none()
+    if row is not None:
+        session.add(finish.attempt)
+        session.add_all(list(finish.events))
+        now = int(finish.values.get("updated_at", now_ms()))
+        if row.status == TaskStatus.COMPLETED.value:
+            await _release_dependents(session, row.id, now)
+        elif row.status == TaskStatus.FAILED.value:
+            await _cancel_dependents(session, {row.id: "failed"}, now)
+    return row
 
 
 class Store:
@@ -494,31 +535,33 @@ class Store:
 
         With ``expired_before``, only if the hold expired before then (taking over a dead worker's attempt).
         """
-        conditions: builtins.list[ColumnElement[bool]] = [
-            TaskRow.id == task_id,
-            TaskRow.lease_owner == owner,
-            TaskRow.attempts == attempt.number,
-        ]
-        if expired_before is not None:
-            conditions.append(_T.lease_expires_at < expired_before)
-        async with self.write() as session:
-            result = await session.execute(
-                update(TaskRow)
-                .where(*conditions)
-                .values(**values, lease_owner=None, lease_expires_at=None, version=_T.version + 1)
-                .returning(TaskRow)
-                .execution_options(synchronize_session=False)
-            )
-            row = result.scalars().one_or_none()
-            if row is not None:
-                session.add(attempt)
-                session.add_all(list(events))
-                now = int(values.get("updated_at", now_ms()))
-                if row.status == TaskStatus.COMPLETED.value:
-                    await _release_dependents(session, row.id, now)
-                elif row.status == TaskStatus.FAILED.value:
-                    await _cancel_dependents(session, {row.id: "failed"}, now)
-            return row
+        finish = Finish(task_id, owner, attempt, values, expired_before, tuple(events))
+        (result,) = await self.finish_attempts([finish])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def finish_attempts(self, finishes: Sequence[Finish]) -> builtins.list[TaskRow | Exception | None]:
+        """:meth:`finish_attempt` for many attempts in one transaction (one commit instead of one per attempt).
+
+        Per attempt: its row, None (not held), or the error that kept it from being recorded. If the shared
+        transaction fails, each attempt is tried again in a transaction of its own, so one bad attempt cannot keep
+        the others from being recorded. A database that cannot be reached raises ServiceUnavailable.
+        """
+        try:
+            async with self.write() as session:
+                return [await _finish(session, finish) for finish in finishes]
+        except SQLAlchemyError:
+            if len(finishes) == 1:
+                raise
+        results: builtins.list[TaskRow | Exception | None] = []
+        for finish in finishes:
+            try:
+                async with self.write() as session:
+                    results.append(await _finish(session, finish))
+            except SQLAlchemyError as exc:
+                results.append(exc)
+        return results
 
     async def release(self, *, task_id: str, owner: str, attempts: int, due_at: int) -> bool:
         """Give a claimed attempt back unperformed (a worker shutting down): due again, attempt not counted."""

@@ -26,19 +26,20 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from hexlabs_tasks._batching import Batcher
 from hexlabs_tasks._exceptions import ServiceUnavailable
 from hexlabs_tasks._executor import AttemptOutcome, attempt_line, execute_attempt, outcome_events, outcome_values
 from hexlabs_tasks._models import RetryPolicy
 from hexlabs_tasks._performer import new_http_client
 from hexlabs_tasks._prefect import AWAITING_RETRY, RUNNING, SCHEDULED, PrefectBridge
 from hexlabs_tasks._retry import Verdict, decide
-from hexlabs_tasks._store import Store, now_ms
+from hexlabs_tasks._store import Finish, Store, now_ms
 from hexlabs_tasks._tables import AttemptRow, TaskRow
 
 __all__ = ["Worker"]
@@ -46,6 +47,7 @@ __all__ = ["Worker"]
 logger = logging.getLogger("hexlabs_tasks.worker")
 FIRST_CLAIM = 8  # tasks taken by the first claim of a burst
 MAX_CLAIM = 200  # tasks taken by one claim at most
+RECORD_BATCH = 50  # finished attempts recorded in one transaction at most
 
 
 class Worker:
@@ -95,6 +97,10 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._delivered: dict[str, str] = {}
         self._mirrors: set[asyncio.Task[None]] = set()
+        # Outcomes that finish together are recorded in one transaction: one commit per batch, not per attempt.
+        self._records: Batcher[None, Finish, TaskRow | None] = Batcher(
+            self._record_batch, max_size=RECORD_BATCH, max_inflight=2
+        )
         self.performed = 0
 
     def wake(self) -> None:
@@ -203,7 +209,13 @@ class Worker:
             running = self._background(self._mirror(row.flow_run_id, RUNNING))
         try:
             outcome = await execute_attempt(
-                self.store, row, http=self._http, owner=self.worker_id, clock=self.clock, rand=self.rand
+                self.store,
+                row,
+                http=self._http,
+                owner=self.worker_id,
+                clock=self.clock,
+                rand=self.rand,
+                record=self._record,
             )
         except asyncio.CancelledError:
             if row.id in self._dropped:
@@ -218,6 +230,12 @@ class Worker:
         if outcome.row is not None:
             # The slot is free once the attempt is recorded; Prefect hears of it in the background, in order.
             self._background(self._mirror_outcome(outcome, after=running))
+
+    async def _record(self, finish: Finish) -> TaskRow | None:
+        return await self._records.submit(None, finish)
+
+    async def _record_batch(self, _: None, finishes: Sequence[Finish]) -> list[TaskRow | Exception | None]:
+        return await self.store.finish_attempts(finishes)
 
     def _background(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(job)

@@ -32,7 +32,7 @@ from support.databases import (
 
 from hexlabs_tasks._exceptions import TaskValidationError
 from hexlabs_tasks._migrate import alembic_config, upgrade
-from hexlabs_tasks._store import Store, decode_cursor, encode_cursor, normalize_database_url
+from hexlabs_tasks._store import Finish, Store, decode_cursor, encode_cursor, normalize_database_url
 from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
 NOW = 1_750_000_000_000
@@ -683,6 +683,41 @@ async def test_finish_attempt_of_the_holder_records_the_attempt_and_applies_the_
     assert attempt.id is not None
     assert (attempt.number, attempt.started_at, attempt.finished_at, attempt.status) == (1, NOW, NOW + 50, 200)
     assert (attempt.duration_ms, attempt.response_excerpt) == (50, "ok")
+
+
+async def test_finish_attempts_records_many_attempts_in_one_call_each_as_finish_attempt_would(store: Store) -> None:
+    await seed(store, *(make_row(f"t{n}", due_at=NOW) for n in range(5)))
+    await claim(store, "worker-a")
+    finishes = [Finish(f"t{n}", "worker-a", make_attempt(f"t{n}", 1), DONE) for n in range(4)]
+    finishes.append(Finish("t4", "worker-b", make_attempt("t4", 1), DONE))  # not its holder
+
+    results = await store.finish_attempts(finishes)
+
+    assert [r.status if isinstance(r, TaskRow) else r for r in results] == [*["completed"] * 4, None]
+    rows = await store.get_many([f"t{n}" for n in range(5)])
+    assert [rows[f"t{n}"].status for n in range(5)] == [*["completed"] * 4, "running"]
+    assert [len(await store.attempts(f"t{n}")) for n in range(5)] == [1, 1, 1, 1, 0]
+
+
+async def test_finish_attempts_with_one_failing_attempt_still_records_the_others(store: Store) -> None:
+    await seed(store, *(make_row(f"t{n}", due_at=NOW) for n in ("0", "1", "2", "9")))
+    await claim(store, "worker-a")
+    await store.finish_attempt(task_id="t9", owner="worker-a", attempt=make_attempt("t9", 1), values=DONE)
+    [taken] = await store.attempts("t9")
+    bad = make_attempt("t1", 1, id=taken.id)  # an attempt id that is already used: the insert fails
+    finishes = [
+        Finish("t0", "worker-a", make_attempt("t0", 1), DONE),
+        Finish("t1", "worker-a", bad, DONE),
+        Finish("t2", "worker-a", make_attempt("t2", 1), DONE),
+    ]
+
+    results = await store.finish_attempts(finishes)
+
+    assert isinstance(results[0], TaskRow) and isinstance(results[2], TaskRow)
+    assert isinstance(results[1], Exception)
+    rows = await store.get_many(["t0", "t1", "t2"])
+    assert [rows[t].status for t in ("t0", "t1", "t2")] == ["completed", "running", "completed"]
+    assert await store.attempts("t1") == []
 
 
 async def test_finish_attempt_of_anyone_but_the_holder_of_that_attempt_changes_nothing(store: Store) -> None:
