@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -94,13 +94,8 @@ def _missing_endpoint(exc: ServiceUnavailable) -> bool:
     return False
 
 
-def _state_result(kind: RunState, flow_run_id: str, result: dict[str, Any] | None) -> bool | BaseException:
-    """One run's part of a bulk state answer: True if set, False if Prefect has no such run."""
-    if result is None:
-        return False
-    if result.get("status") != "ACCEPT":
-        return ServiceUnavailable(f"Prefect refused {kind} for flow run {flow_run_id}: {result.get('details')}")
-    return True
+async def _done(value: T) -> T:
+    return value
 
 
 def _state(kind: RunState, *, message: str | None = None, at_ms: int | None = None) -> State[Any]:
@@ -241,15 +236,21 @@ class PrefectBridge:
 
     async def _create_batch(self, deployment_id: UUID, runs: Sequence[dict[str, Any]]) -> list[str | BaseException]:
         results = await self._bulk_post("create flow runs", self.bulk_create_path.format(id=deployment_id), runs)
-        if results is not None:
-            return [
-                str(result["flow_run_id"])
-                if result.get("status") == "CREATED" and result.get("flow_run_id")
-                else ServiceUnavailable(f"Prefect did not create flow run {run['name']}: {result.get('error')}")
-                for run, result in zip(runs, results, strict=True)
-            ]
+        if results is None:
+            results = [{} for _ in runs]
+        # A run the bulk call did not create (on SQLite: "database is locked", which the bulk endpoint reports per
+        # run instead of answering 503 as the single one does) is created again alone, where the client retries.
+        # The idempotency key makes a second creation of the same run impossible.
         return list(
-            await asyncio.gather(*(self._create_one(deployment_id, run) for run in runs), return_exceptions=True)
+            await asyncio.gather(
+                *(
+                    _done(str(result["flow_run_id"]))
+                    if result.get("status") == "CREATED" and result.get("flow_run_id")
+                    else self._create_one(deployment_id, run)
+                    for run, result in zip(runs, results, strict=True)
+                ),
+                return_exceptions=True,
+            )
         )
 
     async def _bulk_post(self, what: str, path: str, body: Any) -> list[dict[str, Any]] | None:
@@ -320,14 +321,20 @@ class PrefectBridge:
             "limit": BULK_STATE_LIMIT,
         }
         results = await self._bulk_post(f"set flow runs {kind.lower()}", self.bulk_state_path, body)
-        if results is not None:
-            by_run = {str(r["flow_run_id"]): r for r in results}
-            return [_state_result(kind, run_id, by_run.get(run_id)) for run_id in flow_run_ids]
-        return list(
-            await asyncio.gather(
-                *(self._set_one(run_id, kind, message=message) for run_id in flow_run_ids), return_exceptions=True
-            )
-        )
+        by_run = {str(r["flow_run_id"]): r for r in results or ()}
+
+        def one(run_id: str) -> Awaitable[bool]:
+            if results is not None:
+                result = by_run.get(run_id)
+                if result is None:
+                    return _done(False)  # missing from a bulk answer: Prefect has no such run
+                if result.get("status") == "ACCEPT":
+                    return _done(True)
+            # Not moved by the bulk call (a lock on SQLite is reported per run, not answered 503 as the single
+            # call does, which the client retries): moved alone.
+            return self._set_one(run_id, kind, message=message)
+
+        return list(await asyncio.gather(*(one(run_id) for run_id in flow_run_ids), return_exceptions=True))
 
     async def add_tags(self, flow_run_id: str, tags: Sequence[str]) -> None:
         """Add tags to an existing run (a task that became the first of a chain)."""

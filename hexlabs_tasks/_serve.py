@@ -245,6 +245,21 @@ async def _run_all(
         await store.dispose()
 
 
+SQLITE_PREFECT_CONCURRENCY = 1
+
+
+def with_sqlite_prefect(settings: Settings) -> Settings:
+    """The settings for a Prefect server on SQLite (the one ``serve`` starts): one Prefect call at a time.
+
+    On SQLite concurrent writers meet "database is locked" (answered 503 and retried after 2, 4, 8 s); one call at
+    a time, with the bridge batching whatever queues behind it, is faster there (docs/prefect.md). A concurrency
+    the user set is kept.
+    """
+    if "prefect_concurrency" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"prefect_concurrency": SQLITE_PREFECT_CONCURRENCY})
+
+
 def run_serve(settings: Settings) -> None:
     """Everything on one machine: a Prefect server (unless one is configured), the API and a worker."""
     check_bind_address(settings.host, settings.token is not None)
@@ -258,6 +273,7 @@ def run_serve(settings: Settings) -> None:
         prefect = LocalPrefectServer(settings.resolved_home, settings.prefect_port)
         prefect.start()
         api_url, ui_url = prefect.api_url, prefect.ui_url
+        settings = with_sqlite_prefect(settings)
     base = f"http://{settings.host}:{settings.port}"
     banner = {
         "API": base,

@@ -7,7 +7,9 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import httpx
 import pytest
+import respx
 from prefect.client.schemas.objects import StateType
 
 from hexlabs_tasks._prefect import COMPLETED, FAILED, RUNNING, PrefectBridge
@@ -94,6 +96,36 @@ async def test_a_server_without_the_bulk_endpoints_gets_one_call_per_run(prefect
         runs = await asyncio.gather(*(bridge.create_run(t, generation=0, at_ms=at) for t in task_ids))
         assert bridge._bulk is False
         await asyncio.gather(*(bridge.set_state(run_id, COMPLETED) for run_id in runs))
+        for task_id, run_id in zip(task_ids, runs, strict=True):
+            run = await bridge.read_run(run_id)
+            assert run.name == task_id
+            assert run.state is not None and run.state.type is StateType.COMPLETED
+
+
+async def test_runs_a_bulk_call_reports_as_not_done_are_done_again_one_by_one(
+    prefect_server: LocalPrefectServer,
+) -> None:
+    """On SQLite the bulk endpoints report "database is locked" per run (200, status FAILED or ABORT) where the
+    single endpoints answer 503, which the client retries; the bridge sends such runs again one by one.
+    respx stands in for the bulk answers only; every other call reaches the real server."""
+    async with PrefectBridge(prefect_server.api_url) as bridge:
+        deployment_id = await bridge.ensure_deployment()
+        at = int(datetime.now(UTC).timestamp() * 1000)
+        task_ids = [uuid.uuid4().hex for _ in range(3)]
+        locked = {"status": "FAILED", "flow_run_id": None, "error": "(sqlite3.OperationalError) database is locked"}
+        with respx.mock(assert_all_called=True) as mock:
+            mock.post(f"{prefect_server.api_url}/deployments/{deployment_id}/create_flow_run/bulk").mock(
+                return_value=httpx.Response(200, json={"results": [locked, locked, locked]})
+            )
+            abort = {"status": "ABORT", "state": None, "details": {"type": "abort_details", "reason": "locked"}}
+            state_route = mock.post(f"{prefect_server.api_url}/flow_runs/bulk_set_state")
+            mock.route().pass_through()
+            runs = await asyncio.gather(*(bridge.create_run(t, generation=0, at_ms=at) for t in task_ids))
+            state_route.mock(
+                return_value=httpx.Response(200, json={"results": [{"flow_run_id": r, **abort} for r in runs]})
+            )
+            await asyncio.gather(*(bridge.set_state(run_id, COMPLETED) for run_id in runs))
+        assert bridge._bulk is True
         for task_id, run_id in zip(task_ids, runs, strict=True):
             run = await bridge.read_run(run_id)
             assert run.name == task_id

@@ -15,6 +15,8 @@ from conftest import free_port, wait_until
 from support import HttpTarget
 
 from hexlabs_tasks import Tasks
+from hexlabs_tasks._serve import SQLITE_PREFECT_CONCURRENCY, with_sqlite_prefect
+from hexlabs_tasks._settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +147,14 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "without a token" in result.stderr
     assert not (home / "prefect").exists()  # nothing was started
+
+
+def test_serve_s_own_sqlite_prefect_gets_one_prefect_call_at_a_time_unless_the_user_chose() -> None:
+    assert with_sqlite_prefect(Settings(port=8001)).prefect_concurrency == SQLITE_PREFECT_CONCURRENCY == 1
+    assert with_sqlite_prefect(Settings(port=8001)).port == 8001
+    assert with_sqlite_prefect(Settings(prefect_concurrency=6)).prefect_concurrency == 6
+
+
+def test_serve_keeps_a_prefect_concurrency_set_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEXLABS_TASKS_PREFECT_CONCURRENCY", "4")
+    assert with_sqlite_prefect(Settings()).prefect_concurrency == 4

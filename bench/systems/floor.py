@@ -3,8 +3,8 @@
 Create a scheduled flow run of a deployment (at submit time, as hexlabs' API does), then at the due time set it
 Running and then Completed (forced, as hexlabs' worker does). No worker process, no polling, no HTTP request: the
 driver knows every due time and makes the calls itself, through one ``PrefectClient`` with at most 8 calls in
-flight (hexlabs' default ``HEXLABS_TASKS_PREFECT_CONCURRENCY``). "Start" is when Running was acknowledged,
-"done" when Completed was.
+flight on PostgreSQL (hexlabs' default ``HEXLABS_TASKS_PREFECT_CONCURRENCY``) and 1 on SQLite (where concurrent
+writers lock, and what ``serve`` uses there). "Start" is when Running was acknowledged, "done" when Completed was.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class FloorSqlite(_Floor):
     name = "floor-sqlite"
     label = "Prefect floor (SQLite)"
     db = "sqlite"
-    notes = "create + Running + Completed per task, 8 calls in flight, no worker, no request"
+    concurrency = 1
+    notes = "create + Running + Completed per task, 1 call in flight (SQLite locks with more), no worker, no request"
 
 
 class FloorPg(_Floor):

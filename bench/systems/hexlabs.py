@@ -47,21 +47,30 @@ class _Hexlabs(System):
         }
         env.pop("HEXLABS_TASKS_TOKEN", None)
         argv = [sys.executable, "-m", "hexlabs_tasks"]
-        # cwd outside the checkout: `python -m` puts cwd first on sys.path
-        self.api = Proc(f"{self.name}-api", [*argv, "api"], env=env, cwd=home, log=home / "api.log")
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(f"{self.url}/healthz", timeout=90, proc=self.api, what="the hexlabs API")
-        self.worker = Proc(f"{self.name}-worker", [*argv, "worker"], env=env, cwd=home, log=home / "worker.log")
-        wait_log(self.worker, "Press Ctrl-C to stop.", timeout=90)
+        # cwd outside the checkout: `python -m` puts cwd first on sys.path
+        if self.db == "sqlite":
+            # The embedded default: `serve`, API and worker in one process sharing one Prefect client, on the
+            # run's SQLite Prefect server (PREFECT_API_URL) with the one-call-at-a-time that serve picks for the
+            # SQLite server it starts itself.
+            env["HEXLABS_TASKS_PREFECT_CONCURRENCY"] = "1"
+            self.api = Proc(f"{self.name}-serve", [*argv, "serve"], env=env, cwd=home, log=home / "serve.log")
+            wait_http(f"{self.url}/healthz", timeout=90, proc=self.api, what="hexlabs-tasks serve")
+            wait_log(self.api, "Press Ctrl-C to stop.", timeout=90)
+            self.worker = self.api
+        else:
+            self.api = Proc(f"{self.name}-api", [*argv, "api"], env=env, cwd=home, log=home / "api.log")
+            wait_http(f"{self.url}/healthz", timeout=90, proc=self.api, what="the hexlabs API")
+            self.worker = Proc(f"{self.name}-worker", [*argv, "worker"], env=env, cwd=home, log=home / "worker.log")
+            wait_log(self.worker, "Press Ctrl-C to stop.", timeout=90)
         self.sdk = AsyncTasks(base_url=self.url, timeout=120)
 
     async def stop(self) -> None:
         if self.sdk is not None:
             await self.sdk.aclose()
             self.sdk = None
-        for proc in (self.worker, self.api):
-            if proc is not None:
-                proc.stop(timeout=20)
+        for proc in dict.fromkeys(p for p in (self.worker, self.api) if p is not None):
+            proc.stop(timeout=20)
         self.worker = self.api = None
         if self.db == "pg" and self.store_url:
             drop_pg_database(self.store_url)
@@ -96,6 +105,8 @@ class _Hexlabs(System):
     def profile_targets(self) -> dict[str, int]:
         server = self.ctx.servers.get(self.db)
         out = {"worker": self.worker.pid if self.worker else 0, "api": self.api.pid if self.api else 0}
+        if self.worker is self.api:
+            out = {"serve": out["worker"]}
         if server is not None and server.proc is not None:
             out["prefect-server"] = server.proc.pid
         return {k: v for k, v in out.items() if v}
@@ -125,13 +136,16 @@ class HexlabsSqlite(_Hexlabs):
     name = "hexlabs-sqlite"
     label = "hexlabs-tasks (SQLite)"
     db = "sqlite"
-    notes = "API + 1 worker (defaults: concurrency 100, poll 0.2 s); store and Prefect server on SQLite"
+    notes = (
+        "`hexlabs-tasks serve` (API + worker in one process; defaults, 1 Prefect call at a time as serve sets for "
+        "SQLite); store and Prefect server on SQLite; worker and api RSS are the same process"
+    )
 
 
 class HexlabsPg(_Hexlabs):
     name = "hexlabs-pg"
     label = "hexlabs-tasks (PostgreSQL)"
     db = "pg"
-    notes = "API + 1 worker (defaults); store and Prefect server on PostgreSQL 127.0.0.1:5432"
+    notes = "`hexlabs-tasks api` + 1 `worker` process (defaults); store and Prefect server on PostgreSQL 127.0.0.1:5432"
 
 
