@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select, text
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from support.databases import (
     create_postgres_database,
@@ -31,7 +31,9 @@ from support.databases import (
 )
 
 from hexlabs_tasks._exceptions import TaskValidationError
+from hexlabs_tasks._executor import outcome_values
 from hexlabs_tasks._migrate import alembic_config, upgrade
+from hexlabs_tasks._retry import Decision, Verdict
 from hexlabs_tasks._store import Finish, Store, decode_cursor, encode_cursor, normalize_database_url
 from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
@@ -531,15 +533,121 @@ async def test_claim_due_takes_only_due_unheld_pending_or_running_tasks(store: S
         make_row("future", due_at=NOW + 1),
         make_row("no-due-at", due_at=None),
         make_row("held", status="running", due_at=NOW - 1, lease_owner="other", lease_expires_at=NOW + LEASE),
-        make_row("completed", status="completed", due_at=NOW - 1),
-        make_row("failed", status="failed", due_at=NOW - 1),
-        make_row("cancelled", status="cancelled", due_at=NOW - 1),
+        # final tasks have no due time: every way a task ends clears it (see the test below)
+        make_row("completed", status="completed", due_at=None, perform_at=NOW - 1),
+        make_row("failed", status="failed", due_at=None, perform_at=NOW - 1),
+        make_row("cancelled", status="cancelled", due_at=None, perform_at=NOW - 1),
     )
 
     claimed = await claim(store, limit=100)
 
     assert sorted(ids(claimed)) == ["exactly-now", "past", "retry-due"]
     assert await claim(store, "worker-b", limit=100) == []
+
+
+async def test_every_way_a_task_ends_leaves_it_without_a_due_time(store: Store) -> None:
+    # The claim goes by due time and holder alone: this is the invariant that makes that safe.
+    await seed(
+        store,
+        make_row("completes", due_at=NOW - 1),
+        make_row("fails", due_at=NOW - 1),
+        make_row("retries", due_at=NOW - 1),
+        make_row("dependent", due_at=None),
+        make_row("waits-on-dependent", due_at=None),
+    )
+    async with store.write() as session:
+        session.add_all(
+            [
+                DependencyRow(task_id="dependent", depends_on_id="fails"),
+                DependencyRow(task_id="waits-on-dependent", depends_on_id="dependent"),
+            ]
+        )
+    held = {row.id: row for row in await claim(store, limit=10)}
+    verdicts = {
+        "completes": Decision(Verdict.COMPLETED),
+        "fails": Decision(Verdict.FAILED, reason="404"),
+        "retries": Decision(Verdict.RETRY, delay=5.0),
+    }
+    for task_id, decision in verdicts.items():
+        row = held[task_id]
+        finished = await store.finish_attempt(
+            task_id=task_id,
+            owner="worker-a",
+            attempt=make_attempt(task_id),
+            values=outcome_values(row, decision, NOW + 10, None),
+        )
+        assert finished is not None
+
+    stored = {row.id: row for row in await all_rows(store, TaskRow)}
+    assert {task_id: (row.status, row.due_at) for task_id, row in stored.items()} == {
+        "completes": ("completed", None),
+        "fails": ("failed", None),
+        "retries": ("running", NOW + 10 + 5_000),
+        "dependent": ("cancelled", None),
+        "waits-on-dependent": ("cancelled", None),
+    }
+    assert ids(await claim(store, now=NOW + 10_000, limit=10)) == ["retries"]
+
+
+async def test_finding_and_claiming_due_tasks_reads_only_due_rows_however_many_wait(store: Store) -> None:
+    # 10,000 tasks due tomorrow and one due now. The worker's two queries per attempt (the next due time, the
+    # claim) must reach the due task through the due_at index (or the primary key), never by walking every pending
+    # task, or their cost grows with the backlog. No ANALYZE: the plan must not depend on table statistics, which
+    # a database may lack (autovacuum off, or not yet caught up with a bulk insert).
+    tomorrow = NOW + 86_400_000
+    pending = [make_row(f"p{n:05d}", due_at=tomorrow + n) for n in range(10_000)]
+    await seed(store, make_row("now", due_at=NOW - 1), *pending)
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE", "SELECT MIN")):
+            captured.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        assert await store.next_due_at() == NOW - 1
+        assert ids(await claim(store, limit=8)) == ["now"]
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", capture)
+    assert len(captured) == 2
+
+    for statement, parameters in captured:
+        async with store.engine.connect() as connection:
+            explain = "EXPLAIN QUERY PLAN " if store.is_sqlite else "EXPLAIN "
+            lines = await connection.exec_driver_sql(explain + statement, parameters)
+            plan = [" ".join(map(str, line)) for line in lines]
+            await connection.rollback()
+        text_plan = "\n".join(plan)
+        assert "ix_hexlabs_tasks_status_perform_at_id" not in text_plan, text_plan
+        assert "ix_hexlabs_tasks_due_at" in text_plan, text_plan
+        if store.is_sqlite:
+            scans = [line for line in plan if "hexlabs_tasks" in line]
+            assert all("ix_hexlabs_tasks_due_at" in line or "sqlite_autoindex" in line for line in scans), text_plan
+        else:
+            assert "Seq Scan" not in text_plan, text_plan
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_postgres_plans_each_claim_for_the_table_as_it_is_not_as_it_was(store: Store) -> None:
+    # A worker starts on an empty table; PostgreSQL would cache a generic plan for its prepared claim after five
+    # runs (a seq scan: cheapest on an empty table) and keep it as tasks pile up. Each claim must be planned anew.
+    for _ in range(8):
+        assert await claim(store) == []
+    await seed(store, make_row("due", due_at=NOW - 1))
+    assert ids(await claim(store)) == ["due"]
+
+    async with store.read() as session:  # one test at a time: the same pooled connection the claims used
+        counts = (
+            await session.execute(
+                text(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE 'UPDATE hexlabs_tasks SET status%'"
+                )
+            )
+        ).all()
+    assert counts, "the claim was not a prepared statement on this connection"
+    assert sum(generic for generic, _ in counts) == 0
+    assert sum(custom for _, custom in counts) >= 9
 
 
 async def test_claim_due_marks_the_tasks_running_and_held_by_the_owner(store: Store) -> None:
@@ -623,11 +731,12 @@ async def test_concurrent_claimers_take_every_due_task_exactly_once(database_url
         assert all(row.attempts == 1 and row.status == "running" for row in stored.values())
 
 
-async def test_next_due_at_is_the_earliest_due_at_of_an_unheld_task(store: Store) -> None:
+async def test_next_due_at_is_the_earliest_due_time(store: Store) -> None:
     assert await store.next_due_at() is None
     await seed(
         store,
-        make_row("held", status="running", due_at=NOW - 500, lease_owner="w", lease_expires_at=NOW + LEASE),
+        # held and waiting tasks have no due time: a claim clears it, a dependency has not set it yet
+        make_row("held", status="running", due_at=None, lease_owner="w", lease_expires_at=NOW + LEASE),
         make_row("waiting", due_at=None),
         make_row("later", due_at=NOW + 200),
         make_row("sooner", due_at=NOW + 100),
