@@ -138,6 +138,43 @@ def rss_mb(pid: int, *, tree: bool = True) -> float | None:
         return None
 
 
+def cpu_s(pid: int, *, tree: bool = True) -> float | None:
+    """CPU seconds (user + system) used so far by a process and its live descendants; None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        process = psutil.Process(pid)
+        procs = [process, *(process.children(recursive=True) if tree else [])]
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+    except psutil.Error:
+        return None
+
+
+def postgres_cpu_s() -> float | None:
+    """CPU seconds used so far by the live processes of the local PostgreSQL server (backends, checkpointer, ...).
+
+    Backends that exited are not counted, so a difference over a phase is only meaningful while the clients keep
+    their pooled connections, as they do during a workload."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info.get("name") == "postgres":
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------------------------
 
 

@@ -195,10 +195,16 @@ def _ms_summary(values: Sequence[float]) -> dict[str, Any]:
 
 
 async def stream(
-    system: System, tasks: Sequence[TaskSpec], lead: float, *, probe: bool = False, max_inflight: int = 64
+    system: System,
+    tasks: Sequence[TaskSpec],
+    lead: float,
+    *,
+    probe_every: float | None = None,
+    max_inflight: int = 64,
 ) -> dict[str, Any]:
-    """Create each task ``lead`` seconds before it is due, as a steady producer would; optionally probe the
-    system's read latency every 0.5 s meanwhile."""
+    """Create each task ``lead`` seconds before it is due, as a steady producer would; optionally read a task back
+    every ``probe_every`` seconds meanwhile, to measure the API's read latency. The raw latencies are returned too
+    (``create_samples``, ``read_samples``), for the scale workload's confidence intervals."""
     latencies: list[float] = []
     reads: list[float] = []
     errors: list[str] = []
@@ -226,9 +232,9 @@ async def stream(
                     reads.append(value)
             except Exception as exc:
                 errors.append(f"read: {type(exc).__name__}: {exc}"[:200])
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(probe_every or 0.5)
 
-    probing = asyncio.create_task(prober()) if probe else None
+    probing = asyncio.create_task(prober()) if probe_every else None
     for task in tasks:
         wait = (task.due_ms - lead * 1000 - now_ms()) / 1000
         if wait > 0:
@@ -245,6 +251,8 @@ async def stream(
         "errors": len(errors),
         "error_examples": errors[:3],
         "created_at": created_at,
+        "create_samples": latencies,
+        "read_samples": reads,
     }
 
 
@@ -349,6 +357,7 @@ async def steady_one(system: System, target: Target, rate: float, seconds: float
     prefix = f"/s/{system.name}/{_run_id()}/"
     tasks = _steady_tasks(prefix, rate, seconds, lead)
     created = await stream(system, tasks, lead)
+    del created["create_samples"], created["read_samples"]  # the summaries are enough here
     # a runaway backlog is not waited for long: the ladder stops there (the final check waits for it)
     got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=max(15.0, seconds / 2))
     return {"rate": rate, "n": len(tasks), "seconds": seconds, **_steady_result(tasks, got, created), "create": created,
@@ -410,17 +419,60 @@ async def retries(system: System, target: Target, n: int, create_rate: float) ->
     }
 
 
+SCALE_PROBE_EVERY = 0.1  # reads per phase: enough (600 in 60 s) for a p99 that is not one outlier
+BOOTSTRAP_ROUNDS = 2000
+
+
+def ratio_interval(
+    before: Sequence[float], after: Sequence[float], q: float, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> list[float] | None:
+    """A 95% bootstrap interval for pct(after, q) / pct(before, q): how far the ratio moves by chance alone.
+
+    A p99 from a few hundred samples rests on its top few values, so one hiccup of a shared machine can move it by
+    tens of percent; the interval shows whether a ratio above 1 is a change or that noise.
+    """
+    if len(before) < 20 or len(after) < 20:
+        return None
+    import random
+
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(rounds):
+        b = pct(rng.choices(before, k=len(before)), q)
+        a = pct(rng.choices(after, k=len(after)), q)
+        if b and a is not None:
+            ratios.append(a / b)
+    ratios.sort()
+    return [round(ratios[int(0.025 * len(ratios))], 2), round(ratios[int(0.975 * len(ratios)) - 1], 2)]
+
+
 async def scale(system: System, target: Target, pending: int, rate: float, seconds: float, lead: float) -> dict[str, Any]:
     """A steady stream with no pending tasks, then ``pending`` tasks created due a day from now, then the same
-    stream again: lateness, API create/read latency and memory, before and after."""
+    stream again: lateness, API create/read latency and memory, before and after, with the p50 and p99 ratios
+    and 95% bootstrap intervals of the p99 ratios."""
     run = _run_id()
+    samples: dict[str, dict[str, list[float]]] = {}
 
     async def phase(name: str) -> dict[str, Any]:
         prefix = f"/sc/{system.name}/{run}/{name}/"
         tasks = _steady_tasks(prefix, rate, seconds, lead)
-        created = await stream(system, tasks, lead, probe=True)
+        cpu_start, started = system.cpu(), time.monotonic()
+        created = await stream(system, tasks, lead, probe_every=SCALE_PROBE_EVERY)
         got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=30)
-        return {**_steady_result(tasks, got, created), "create": created, "rss_mb": system.rss()}
+        cpu_end, wall = system.cpu(), time.monotonic() - started
+        # share of one core each part used over the phase: where a change in latency comes from
+        cpu = {
+            part: round((cpu_end[part] - used) / wall, 3)  # type: ignore[operator]
+            for part, used in cpu_start.items()
+            # (a part whose processes exited meanwhile, such as PostgreSQL backends, cannot be counted)
+            if used is not None and cpu_end.get(part) is not None and cpu_end[part] >= used  # type: ignore[operator]
+        }
+        samples[name] = {
+            "lateness": [got[t.path][0] - t.due_ms for t in tasks if got.get(t.path)],
+            "create": created.pop("create_samples"),
+            "read": created.pop("read_samples"),
+        }
+        return {**_steady_result(tasks, got, created), "create": created, "rss_mb": system.rss(), "cpu_cores": cpu}
 
     await system.quiet()
     rss_start = system.rss()
@@ -436,9 +488,11 @@ async def scale(system: System, target: Target, pending: int, rate: float, secon
     after = await phase("after")
     early = len(await _arrivals(target, system, pending_prefix))
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(b / a, 2) if a and b is not None else None
+    def ratio(kind: str, q: float) -> float | None:
+        b, a = pct(samples["before"][kind], q), pct(samples["after"][kind], q)
+        return round(a / b, 2) if b and a is not None else None
 
+    kinds = ("lateness", "create", "read")
     return {
         "pending": pending,
         "rate": rate,
@@ -448,7 +502,15 @@ async def scale(system: System, target: Target, pending: int, rate: float, secon
         "rss_start_mb": rss_start,
         "rss_with_pending_mb": rss_pending,
         "performed_early": early,
-        "p99_ratio": ratio(before["lateness"]["p99"], after["lateness"]["p99"]),
-        "create_p99_ratio": ratio(before["create"]["create_ms"].get("p99"), after["create"]["create_ms"].get("p99")),
-        "read_p99_ratio": ratio(before["create"]["read_ms"].get("p99"), after["create"]["read_ms"].get("p99")),
+        "p99_ratio": ratio("lateness", 99),
+        "create_p99_ratio": ratio("create", 99),
+        "read_p99_ratio": ratio("read", 99),
+        "p50_ratios": {kind: ratio(kind, 50) for kind in kinds},
+        "p99_ratio_intervals": {
+            kind: ratio_interval(samples["before"][kind], samples["after"][kind], 99) for kind in kinds
+        },
+        "samples_ms": {
+            phase: {kind: [round(v, 1) for v in values] for kind, values in by_kind.items()}
+            for phase, by_kind in samples.items()
+        },
     }

@@ -109,6 +109,10 @@ class System:
         """Resident memory in MiB of the parts: worker, api, prefect-server..."""
         return {}
 
+    def cpu(self) -> dict[str, float | None]:
+        """CPU seconds used so far by the parts (as :meth:`rss`), for per-phase differences."""
+        return {}
+
     def own_arrivals(self, prefix: str) -> dict[str, list[float]] | None:
         """Completion times per path for systems that send no request (the floor); None: count at the target."""
         return None

@@ -9,7 +9,17 @@ import time
 
 import httpx
 
-from bench.procs import Proc, create_pg_database, drop_pg_database, free_port, rss_mb, wait_http, wait_log
+from bench.procs import (
+    Proc,
+    cpu_s,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    postgres_cpu_s,
+    rss_mb,
+    wait_http,
+    wait_log,
+)
 from bench.systems import System, TaskSpec
 
 __all__ = ["HexlabsPg", "HexlabsSqlite"]
@@ -101,6 +111,17 @@ class _Hexlabs(System):
             "api": rss_mb(self.api.pid) if self.api else None,
             "prefect-server": server.rss() if server else None,
         }
+
+    def cpu(self) -> dict[str, float | None]:
+        server = self.ctx.servers.get(self.db)
+        parts = {
+            "worker": cpu_s(self.worker.pid) if self.worker else None,
+            "api": cpu_s(self.api.pid) if self.api and self.api is not self.worker else None,
+            "prefect-server": cpu_s(server.proc.pid) if server and server.proc else None,
+        }
+        if self.db == "pg":
+            parts["postgres"] = postgres_cpu_s()
+        return parts
 
     def profile_targets(self) -> dict[str, int]:
         server = self.ctx.servers.get(self.db)
