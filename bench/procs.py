@@ -126,35 +126,33 @@ def rss_mb(pid: int, *, tree: bool = True) -> float | None:
         except OSError:
             return None
         return None
-    try:
-        process = psutil.Process(pid)
-        procs = [process, *(process.children(recursive=True) if tree else [])]
-        total = 0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2**20
-    except psutil.Error:
-        return None
+    total = _sum_over_tree(pid, tree, lambda p: p.memory_info().rss)
+    return None if total is None else total / 2**20
 
 
 def cpu_s(pid: int, *, tree: bool = True) -> float | None:
     """CPU seconds (user + system) used so far by a process and its live descendants; None without psutil."""
     try:
-        import psutil
+        import psutil  # noqa: F401
     except ImportError:
         return None
+    return _sum_over_tree(pid, tree, lambda p: p.cpu_times().user + p.cpu_times().system)
+
+
+def _sum_over_tree(pid: int, tree: bool, measure: Any) -> float | None:
+    """``measure(process)`` summed over a process and (with ``tree``) its descendants; None if it is gone."""
+    import psutil
+
     try:
         process = psutil.Process(pid)
         procs = [process, *(process.children(recursive=True) if tree else [])]
-        total = 0.0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                times = p.cpu_times()
-                total += times.user + times.system
-        return total
     except psutil.Error:
         return None
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += measure(p)
+    return total
 
 
 def postgres_cpu_s() -> float | None:
