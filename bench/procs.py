@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -21,10 +22,10 @@ from typing import Any
 import httpx
 
 __all__ = [
-    "STARTED",
     "PG_ADMIN",
-    "Proc",
+    "STARTED",
     "PrefectServer",
+    "Proc",
     "create_pg_database",
     "drop_pg_database",
     "free_port",
@@ -54,7 +55,12 @@ class Proc:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.pid = self.popen.pid
@@ -100,7 +106,9 @@ def wait_http(url: str, *, timeout: float, proc: Proc | None = None, what: str =
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what or url} did not answer within {timeout} s" + (f":\n{proc.tail()}" if proc else ""))
+            raise RuntimeError(
+                f"{what or url} did not answer within {timeout} s" + (f":\n{proc.tail()}" if proc else "")
+            )
         time.sleep(0.2)
 
 
@@ -116,9 +124,7 @@ def wait_log(proc: Proc, text: str, *, timeout: float) -> None:
 
 def rss_mb(pid: int, *, tree: bool = True) -> float | None:
     """Resident memory of a process (and its descendants), MiB; None if it is gone."""
-    try:
-        import psutil
-    except ImportError:  # /proc fallback: the process alone
+    if importlib.util.find_spec("psutil") is None:  # /proc fallback: the process alone
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -132,9 +138,7 @@ def rss_mb(pid: int, *, tree: bool = True) -> float | None:
 
 def cpu_s(pid: int, *, tree: bool = True) -> float | None:
     """CPU seconds (user + system) used so far by a process and its live descendants; None without psutil."""
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("psutil") is None:
         return None
     return _sum_over_tree(pid, tree, lambda p: p.cpu_times().user + p.cpu_times().system)
 

@@ -1,6 +1,6 @@
 """Summarise py-spy raw (collapsed) profiles: where the samples go, by own time and by frames of interest.
 
-    python bench/profile_summary.py WORKDIR/profiles/*.txt
+python bench/profile_summary.py WORKDIR/profiles/*.txt
 """
 
 from __future__ import annotations
@@ -30,8 +30,14 @@ def summarise(path: Path, top: int = 25) -> str:
     lines.append("own time:")
     lines += [f"  {100 * n / total:5.1f}%  {f[:160]}" for f, n in own.most_common(top)] if total else []
     lines.append("inclusive (hexlabs_tasks, sqlalchemy, prefect server, httpx frames):")
-    keep = [(f, n) for f, n in inclusive.most_common(400)
-            if any(k in f for k in ("hexlabs_tasks", "sqlalchemy/orm", "prefect/server", "httpx/_client", "aiosqlite", "asyncpg"))]
+    keep = [
+        (f, n)
+        for f, n in inclusive.most_common(400)
+        if any(
+            k in f
+            for k in ("hexlabs_tasks", "sqlalchemy/orm", "prefect/server", "httpx/_client", "aiosqlite", "asyncpg")
+        )
+    ]
     lines += [f"  {100 * n / total:5.1f}%  {f[:160]}" for f, n in keep[:top]] if total else []
     return "\n".join(lines)
 

@@ -59,7 +59,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def burst_rate(name: str) -> float | None:
-        return systems.get(name, {}).get("workloads", {}).get("burst", {}).get("per_s")
+        rate: float | None = systems.get(name, {}).get("workloads", {}).get("burst", {}).get("per_s")
+        return rate
 
     for db in ("sqlite", "pg"):
         hx = f"hexlabs-{db}"
@@ -68,39 +69,57 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         mine = burst_rate(hx)
         serve = burst_rate("flow-serve")
         ratio = _ratio(mine, serve)
-        out.append({
-            "target": f"burst throughput ≥ 10× stock flow.serve() ({db})",
-            "measured": f"{_f(mine)} vs {_f(serve)} tasks/s = {_f(ratio)}×",
-            "holds": None if ratio is None else ratio >= 10,
-        })
+        out.append(
+            {
+                "target": f"burst throughput ≥ 10× stock flow.serve() ({db})",
+                "measured": f"{_f(mine)} vs {_f(serve)} tasks/s = {_f(ratio)}×",
+                "holds": None if ratio is None else ratio >= 10,
+            }
+        )
         floor = burst_rate(f"floor-{db}")
         ratio = _ratio(mine, floor)
-        out.append({
-            "target": f"burst throughput ≥ 70% of the Prefect floor, same database ({db})",
-            "measured": f"{_f(mine)} vs {_f(floor)} tasks/s = {_f(ratio * 100 if ratio else None, 0)}%",
-            "holds": None if ratio is None else ratio >= 0.7,
-        })
+        out.append(
+            {
+                "target": f"burst throughput ≥ 70% of the Prefect floor, same database ({db})",
+                "measured": f"{_f(mine)} vs {_f(floor)} tasks/s = {_f(ratio * 100 if ratio else None, 0)}%",
+                "holds": None if ratio is None else ratio >= 0.7,
+            }
+        )
         b = systems[hx].get("workloads", {}).get("burst", {})
         if b.get("prefect_all_completed_s"):
             mirrored = round(b["n"] / b["prefect_all_completed_s"], 1)
             ratio = _ratio(mirrored, floor)
-            out.append({
-                "target": f"… the same, counting a task done only when Prefect shows its run Completed ({db})",
-                "measured": f"{_f(mirrored)} vs {_f(floor)} tasks/s = {_f(ratio * 100 if ratio else None, 0)}%",
-                "holds": None if ratio is None else ratio >= 0.7,
-            })
+            out.append(
+                {
+                    "target": f"… the same, counting a task done only when Prefect shows its run Completed ({db})",
+                    "measured": f"{_f(mirrored)} vs {_f(floor)} tasks/s = {_f(ratio * 100 if ratio else None, 0)}%",
+                    "holds": None if ratio is None else ratio >= 0.7,
+                }
+            )
         steady = systems[hx].get("workloads", {}).get("steady")
         if steady and steady.get("runs"):
             top = steady.get("max_sustainable")
             half = [r for r in steady["runs"] if top and r["rate"] <= top / 2]
             run = half[-1] if half else None
-            note = " (ladder topped out: the highest sustainable rate is higher)" if steady.get("ladder_topped_out") else ""
-            out.append({
-                "target": f"steady p99 ≤ 1 s at half the highest sustainable rate ({db})",
-                "measured": (f"highest sustainable {_f(top)}/s{note}; at {_f(run['rate'])}/s p99 {_f(run['lateness']['p99'])} s"
-                             if run else f"highest sustainable {_f(top)}/s; no measured rate at or below half of it"),
-                "holds": None if run is None else (run["lateness"]["p99"] is not None and run["lateness"]["p99"] <= 1.0),
-            })
+            note = (
+                " (ladder topped out: the highest sustainable rate is higher)"
+                if steady.get("ladder_topped_out")
+                else ""
+            )
+            out.append(
+                {
+                    "target": f"steady p99 ≤ 1 s at half the highest sustainable rate ({db})",
+                    "measured": (
+                        f"highest sustainable {_f(top)}/s{note}; "
+                        f"at {_f(run['rate'])}/s p99 {_f(run['lateness']['p99'])} s"
+                        if run
+                        else f"highest sustainable {_f(top)}/s; no measured rate at or below half of it"
+                    ),
+                    "holds": None
+                    if run is None
+                    else (run["lateness"]["p99"] is not None and run["lateness"]["p99"] <= 1.0),
+                }
+            )
         scale = systems[hx].get("workloads", {}).get("scale")
         if scale:
             ratios = [scale.get("p99_ratio"), scale.get("create_p99_ratio"), scale.get("read_p99_ratio")]
@@ -108,7 +127,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             intervals = scale.get("p99_ratio_intervals") or {}
             p50 = scale.get("p50_ratios") or {}
 
-            def one(kind: str, value: float | None) -> str:
+            def one(kind: str, value: float | None, intervals: dict[str, Any] = intervals) -> str:
                 ci = intervals.get(kind)
                 return f"{kind} {_f(value)}×" + (f" ({_f(ci[0])}–{_f(ci[1])})" if ci else "")
 
@@ -117,38 +136,48 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
             if p50:
                 measured += "; p50: " + ", ".join(f"{k} {_f(v)}×" for k, v in p50.items())
-            out.append({
-                "target": f"{scale['pending']:,} pending change p99 lateness and API latency by < 20% ({db})",
-                "measured": measured,
-                "holds": holds,
-            })
+            out.append(
+                {
+                    "target": f"{scale['pending']:,} pending change p99 lateness and API latency by < 20% ({db})",
+                    "measured": measured,
+                    "holds": holds,
+                }
+            )
             w0 = (scale.get("rss_start_mb") or {}).get("worker")
             w1 = (scale.get("rss_with_pending_mb") or {}).get("worker")
             w2 = (scale["after"].get("rss_mb") or {}).get("worker")
             grew = None if w0 is None or w2 is None else max(w1 or 0, w2) - w0
-            out.append({
-                "target": f"worker memory does not grow with pending tasks ({db})",
-                "measured": f"worker RSS {_f(w0, 0)} → {_f(w1, 0)} (pending created) → {_f(w2, 0)} MiB",
-                "holds": None if grew is None else grew < max(10.0, 0.1 * w0),
-            })
+            out.append(
+                {
+                    "target": f"worker memory does not grow with pending tasks ({db})",
+                    "measured": f"worker RSS {_f(w0, 0)} → {_f(w1, 0)} (pending created) → {_f(w2, 0)} MiB",
+                    "holds": None if grew is None else grew < max(10.0, 0.1 * (w0 or 0.0)),
+                }
+            )
     lost = twice = early = 0
     for record in systems.values():
         a, b, c = _checks(record)
         lost, twice, early = lost + a, twice + b, early + c
-    out.append({
-        "target": "nothing lost and nothing performed twice, in any run (counted at the target)",
-        "measured": f"{lost} lost, {twice} performed more often than expected, {early} performed early, all systems",
-        "holds": lost == 0 and twice == 0 and early == 0,
-    })
+    out.append(
+        {
+            "target": "nothing lost and nothing performed twice, in any run (counted at the target)",
+            "measured": (
+                f"{lost} lost, {twice} performed more often than expected, {early} performed early, all systems"
+            ),
+            "holds": lost == 0 and twice == 0 and early == 0,
+        }
+    )
     hx_only = [0, 0, 0]
     for name, record in systems.items():
         if name.startswith("hexlabs"):
             hx_only = [x + y for x, y in zip(hx_only, _checks(record), strict=True)]
-    out.append({
-        "target": "… of which hexlabs-tasks",
-        "measured": f"{hx_only[0]} lost, {hx_only[1]} twice, {hx_only[2]} early",
-        "holds": hx_only == [0, 0, 0],
-    })
+    out.append(
+        {
+            "target": "… of which hexlabs-tasks",
+            "measured": f"{hx_only[0]} lost, {hx_only[1]} twice, {hx_only[2]} early",
+            "holds": hx_only == [0, 0, 0],
+        }
+    )
     return out
 
 
@@ -167,13 +196,17 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     else:
         add("# Performance")
         add("")
-        add("hexlabs-tasks against the alternatives a user would pick, measured side by side in one run of "
+        add(
+            "hexlabs-tasks against the alternatives a user would pick, measured side by side in one run of "
             "`python bench/run.py` on one machine. Generated by `bench/report.py` from "
-            "`bench/results/latest.json` (and `bench/results/quick.json` below); do not edit the tables by hand.")
+            "`bench/results/latest.json` (and `bench/results/quick.json` below); do not edit the tables by hand."
+        )
     add("")
     if meta.get("quick"):
-        add("> **Quick run (`--quick`)**: small workloads and only some systems. These numbers are indicative "
-            "only; the full run is the measurement.")
+        add(
+            "> **Quick run (`--quick`)**: small workloads and only some systems. These numbers are indicative "
+            "only; the full run is the measurement."
+        )
         add("")
     m = meta["machine"]
     add(f"- **Date**: {meta['date']} — command `{meta.get('command', '')}`, {meta.get('wall_s', '?')} s")
@@ -185,9 +218,12 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     if meta.get("skipped"):
         add("- **Skipped**: " + "; ".join(f"{k} ({why})" for k, why in meta["skipped"].items()))
     s = meta["sizes"]
-    add(f"- **Sizes**: burst {s['burst']} (stock Prefect runners {s['burst_slow']}), steady {s['steady_seconds']:g} s per "
+    add(
+        f"- **Sizes**: burst {s['burst']} (stock Prefect runners {s['burst_slow']}), "
+        f"steady {s['steady_seconds']:g} s per "
         f"rate, scale {s['scale_pending']:,} pending at {s['scale_rate']:g}/s for {s['scale_seconds']:g} s per phase, "
-        f"retries {s['retries']} (stock {s['retries_slow']})")
+        f"retries {s['retries']} (stock {s['retries_slow']})"
+    )
     add("")
     if png_name:
         add(f"![lateness per system and rate]({png_name})")
@@ -211,17 +247,25 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
         add(f"| {r['label']} | {r.get('notes', '')} | {_f(r.get('start_s'))} s | {errors[:300]} |")
     add("")
     if meta.get("prefect_server_start_s"):
-        add("Prefect servers (one per database kind, shared by the systems on it, floor first): started in "
-            + ", ".join(f"{k} {v} s" for k, v in meta["prefect_server_start_s"].items()) + ".")
+        add(
+            "Prefect servers (one per database kind, shared by the systems on it, floor first): started in "
+            + ", ".join(f"{k} {v} s" for k, v in meta["prefect_server_start_s"].items())
+            + "."
+        )
         add("")
 
     add("## Burst: all tasks due at the same instant")
     add("")
-    add("Tasks are created beforehand (the create rate is shown), all due at one instant. *Done* is the last "
+    add(
+        "Tasks are created beforehand (the create rate is shown), all due at one instant. *Done* is the last "
         "request's arrival after the due time (the floor: the last Completed acknowledged); tasks/s = tasks / done. "
-        "Lateness = arrival − due.")
+        "Lateness = arrival − due."
+    )
     add("")
-    add("| system | tasks | created/s | done (s) | tasks/s | × flow.serve | × floor (same DB) | lateness p50 / p99 / max (s) | Prefect all Completed (s) | lost / twice |")
+    add(
+        "| system | tasks | created/s | done (s) | tasks/s | × flow.serve | × floor (same DB) "
+        "| lateness p50 / p99 / max (s) | Prefect all Completed (s) | lost / twice |"
+    )
     add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
     serve = systems.get("flow-serve", {}).get("workloads", {}).get("burst", {}).get("per_s")
     for n in names:
@@ -231,18 +275,22 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
         floor_name = f"floor-{systems[n].get('db')}"
         floor = systems.get(floor_name, {}).get("workloads", {}).get("burst", {}).get("per_s")
         lat = b["lateness"]
-        add(f"| {_label(results, n)} | {b['n']} | {_f(b['create']['per_s'], 1)} | {_f(b.get('last_arrival_s'))} | "
+        add(
+            f"| {_label(results, n)} | {b['n']} | {_f(b['create']['per_s'], 1)} | {_f(b.get('last_arrival_s'))} | "
             f"{_f(b.get('per_s'), 1)} | {_f(_ratio(b.get('per_s'), serve))} | "
             f"{_f(_ratio(b.get('per_s'), floor)) if systems[n].get('db') else '–'} | "
             f"{_f(lat['p50'])} / {_f(lat['p99'])} / {_f(lat['max'])} | {_f(b.get('prefect_all_completed_s'), 1)} | "
-            f"{b['check']['lost']} / {b['check']['twice']} |")
+            f"{b['check']['lost']} / {b['check']['twice']} |"
+        )
     add("")
 
     add("## Steady: tasks due at a constant rate")
     add("")
-    add(f"Each rate runs for {s['steady_seconds']:g} s; tasks are created {s['steady_lead']:g} s before they are due, "
+    add(
+        f"Each rate runs for {s['steady_seconds']:g} s; tasks are created {s['steady_lead']:g} s before they are due, "
         "while earlier ones run. Rates go up until lateness runs away (not all performed in time, p99 ≥ 5 s, or the "
-        "median growing by > 1 s from the first to the last quarter): that rate is the last row.")
+        "median growing by > 1 s from the first to the last quarter): that rate is the last row."
+    )
     add("")
     add("| system | highest sustainable rate (/s) | highest rate with p99 < 1 s (/s) |")
     add("| --- | ---: | ---: |")
@@ -252,10 +300,15 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
             more = " (ladder topped out)" if st.get("ladder_topped_out") else ""
             add(f"| {_label(results, n)} | {_f(st['max_sustainable'])}{more} | {_f(st['max_p99_under_1s'])} |")
     add("")
-    add("*Created late* counts tasks whose create call returned only after they were due (slow API); the next column "
-        "is the lateness p99 of the others, the worker's part alone.")
+    add(
+        "*Created late* counts tasks whose create call returned only after they were due (slow API); the next column "
+        "is the lateness p99 of the others, the worker's part alone."
+    )
     add("")
-    add("| system | rate (/s) | tasks | lateness p50 / p99 / max (s) | create p50 / p99 (ms) | created late | p99 of those created in time (s) | sustainable | lost / twice |")
+    add(
+        "| system | rate (/s) | tasks | lateness p50 / p99 / max (s) | create p50 / p99 (ms) | created late "
+        "| p99 of those created in time (s) | sustainable | lost / twice |"
+    )
     add("| --- | ---: | ---: | --- | --- | ---: | ---: | --- | --- |")
     for n in names:
         st = systems[n].get("workloads", {}).get("steady")
@@ -263,24 +316,32 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
             lat = run["lateness"]
             check = run.get("check_final", run["check"])
             in_time = run.get("lateness_created_in_time", {})
-            add(f"| {_label(results, n)} | {_f(run['rate'])} | {run['n']} | {_f(lat['p50'])} / {_f(lat['p99'])} / "
+            add(
+                f"| {_label(results, n)} | {_f(run['rate'])} | {run['n']} | {_f(lat['p50'])} / {_f(lat['p99'])} / "
                 f"{_f(lat['max'])} | {_f(run['create']['create_ms'].get('p50'), 0)} / "
                 f"{_f(run['create']['create_ms'].get('p99'), 0)} | {run['create'].get('created_after_due', '–')} | "
                 f"{_f(in_time.get('p99'))} | "
-                f"{'yes' if run['sustainable'] else '**no**'} | {check['lost']} / {check['twice']} |")
+                f"{'yes' if run['sustainable'] else '**no**'} | {check['lost']} / {check['twice']} |"
+            )
     add("")
 
     add("## Scale: many tasks pending far in the future")
     add("")
-    add("A steady stream (before), then the pending tasks created through the API due a day later, then the same "
+    add(
+        "A steady stream (before), then the pending tasks created through the API due a day later, then the same "
         "stream again (after), each phase reading a task back through the API 10 times a second. Latencies are p99; "
         "RSS is resident memory (the Prefect server's includes its children); CPU is each process's share of one "
         "core during the phase (PostgreSQL: all its processes). In the targets above, each p99 ratio "
         "carries its 95% bootstrap interval (resampling each phase's own measurements): a p99 of a few hundred "
         "samples rests on its top few values, and the interval shows how far it moves by chance alone on this "
-        "shared machine.")
+        "shared machine."
+    )
     add("")
-    add("| system | pending | created/s | lateness p99 before → after (s) | create p99 before → after (ms) | read p99 before → after (ms) | worker RSS start → pending → after (MiB) | API RSS (MiB) | Prefect server RSS (MiB) | CPU before → after (cores) | performed early |")
+    add(
+        "| system | pending | created/s | lateness p99 before → after (s) | create p99 before → after (ms) "
+        "| read p99 before → after (ms) | worker RSS start → pending → after (MiB) | API RSS (MiB) "
+        "| Prefect server RSS (MiB) | CPU before → after (cores) | performed early |"
+    )
     add("| --- | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | ---: |")
     for n in names:
         sc = systems[n].get("workloads", {}).get("scale")
@@ -288,29 +349,36 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
             continue
         b, a = sc["before"], sc["after"]
         r0, r1, r2 = sc.get("rss_start_mb") or {}, sc.get("rss_with_pending_mb") or {}, a.get("rss_mb") or {}
-        add(f"| {_label(results, n)} | {sc['pending']:,} | {_f(sc['create_pending']['per_s'], 1)} | "
+        add(
+            f"| {_label(results, n)} | {sc['pending']:,} | {_f(sc['create_pending']['per_s'], 1)} | "
             f"{_f(b['lateness']['p99'])} → {_f(a['lateness']['p99'])} | "
             f"{_f(b['create']['create_ms'].get('p99'), 0)} → {_f(a['create']['create_ms'].get('p99'), 0)} | "
             f"{_f(b['create']['read_ms'].get('p99'), 0)} → {_f(a['create']['read_ms'].get('p99'), 0)} | "
             f"{_f(r0.get('worker'), 0)} → {_f(r1.get('worker'), 0)} → {_f(r2.get('worker'), 0)} | "
             f"{_f(r0.get('api'), 0)} → {_f(r2.get('api'), 0)} | "
             f"{_f(r0.get('prefect-server'), 0)} → {_f(r2.get('prefect-server'), 0)} | {_cpu(b, a)} | "
-            f"{sc['performed_early']} |")
+            f"{sc['performed_early']} |"
+        )
     add("")
 
     add("## Retries: a target failing 50% of attempts")
     add("")
-    add("The target answers 503 to a deterministic ~50% of attempts (a hash of the path and attempt number), so each "
+    add(
+        "The target answers 503 to a deterministic ~50% of attempts (a hash of the path and attempt number), so each "
         "task's exact attempt count is known: every task must complete with exactly that many requests. Retries: "
-        "up to 20, 0.5 s apart (fixed).")
+        "up to 20, 0.5 s apart (fixed)."
+    )
     add("")
     add("| system | tasks | completed | requests / expected | tasks with a wrong count | all done after (s) |")
     add("| --- | ---: | ---: | --- | ---: | ---: |")
     for n in names:
         rt = systems[n].get("workloads", {}).get("retries")
         if rt:
-            add(f"| {_label(results, n)} | {rt['n']} | {rt['completed']} | {rt['attempts']} / {rt['expected_attempts']} | "
-                f"{rt['wrong_count']} | {_f(rt['all_done_s'])} |")
+            add(
+                f"| {_label(results, n)} | {rt['n']} | {rt['completed']} | "
+                f"{rt['attempts']} / {rt['expected_attempts']} | "
+                f"{rt['wrong_count']} | {_f(rt['all_done_s'])} |"
+            )
     add("")
 
     if appendix:
@@ -322,19 +390,27 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     add("## How to run")
     add("")
     add("```sh")
-    add('python3 -m venv .venv && .venv/bin/pip install ".[test]"   # the README\'s test install: includes celery[redis],')
+    add(
+        'python3 -m venv .venv && .venv/bin/pip install ".[test]"   '
+        "# the README's test install: includes celery[redis],"
+    )
     add('                                                          # matplotlib, psutil; ".[bench]" adds py-spy')
     add("# needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) and Redis on 127.0.0.1:6379")
-    add(".venv/bin/python bench/run.py --quick     # < 3 min: floor, hexlabs (PostgreSQL, else SQLite) and Celery, small; indicative only")
+    add(
+        ".venv/bin/python bench/run.py --quick     "
+        "# < 3 min: floor, hexlabs (PostgreSQL, else SQLite) and Celery, small; indicative only"
+    )
     add(".venv/bin/python bench/run.py             # everything (long)")
     add("python bench/run.py --systems hexlabs-pg,floor-pg --workloads burst,steady")
     add("python bench/report.py          # rewrite this page from bench/results/latest.json")
     add("```")
     add("")
-    add("Every system starts its own processes on free ports (a Prefect server per database kind with its own "
+    add(
+        "Every system starts its own processes on free ports (a Prefect server per database kind with its own "
         "PREFECT_HOME or a fresh PostgreSQL database, the hexlabs API and worker, a runner, a worker, a Celery "
         "worker on its own queue) and stops them by PID at the end, also on an error or Ctrl-C. The HTTP target "
-        "(`bench/target.py`) is uvicorn in its own process. Logs stay in the work directory printed at the start.")
+        "(`bench/target.py`) is uvicorn in its own process. Logs stay in the work directory printed at the start."
+    )
     add("")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -65,10 +66,8 @@ def versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for dist in ("prefect", "hexlabs-tasks", "celery", "redis", "httpx", "uvicorn", "sqlalchemy", "asyncpg"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
     try:
         info = subprocess.run(["redis-cli", "INFO", "server"], capture_output=True, text=True, timeout=5).stdout
         for line in info.splitlines():
@@ -119,9 +118,25 @@ def _start_profiles(system: Any, ctx: Ctx, seconds: int) -> None:
     for part, pid in system.profile_targets().items():
         Proc(
             f"py-spy-{part}",
-            [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50", "--nonblocking",
-             "--subprocesses", "--format", "raw", "-o", str(out / f"{system.name}-{part}.txt")],
-            env=dict(os.environ), cwd=ctx.workdir, log=out / f"{system.name}-{part}.log",
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--subprocesses",
+                "--format",
+                "raw",
+                "-o",
+                str(out / f"{system.name}-{part}.txt"),
+            ],
+            env=dict(os.environ),
+            cwd=ctx.workdir,
+            log=out / f"{system.name}-{part}.log",
         )
     print(f"    profiling {list(system.profile_targets())} for {seconds} s into {out}", flush=True)
 
@@ -202,8 +217,9 @@ async def _final_check(system: Any, target: wl.Target, record: dict[str, Any]) -
         paths = run.pop("paths", [])
         prefix = run.pop("prefix", "")
         if run["check"]["lost"] and paths:
-            got = await wl.wait_for(target, system, prefix, dict.fromkeys(paths, 1),
-                                    timeout=max(1.0, deadline - time.monotonic()))
+            got = await wl.wait_for(
+                target, system, prefix, dict.fromkeys(paths, 1), timeout=max(1.0, deadline - time.monotonic())
+            )
             run["check_final"] = wl.check_counts(got, dict.fromkeys(paths, 1))
         else:
             run["check_final"] = run["check"]
@@ -216,14 +232,17 @@ def _brief(workload: str, result: dict[str, Any]) -> str:
         return f"{result['completed']}/{result['n']} done, attempts {result['attempts']}/{result['expected_attempts']}"
     if workload == "steady":
         return f"max sustainable {result['max_sustainable']}/s, p99<1s up to {result['max_p99_under_1s']}/s"
-    return f"p99 ratio {result['p99_ratio']}, create p99 ratio {result['create_p99_ratio']}, rss {result['rss_with_pending_mb']}"
+    return (
+        f"p99 ratio {result['p99_ratio']}, create p99 ratio {result['create_p99_ratio']}, "
+        f"rss {result['rss_with_pending_mb']}"
+    )
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = wl.Sizes(args.quick)
-    for k, v in (args.size or []):
+    for k, v in args.size or []:
         setattr(sizes, k, type(getattr(sizes, k))(v))
-    default = ORDER
+    default: tuple[str, ...] = ORDER
     if args.quick:
         default = QUICK_SYSTEMS if pg_available() else QUICK_SYSTEMS_NO_PG
     names = [s for s in (args.systems.split(",") if args.systems else default) if s]
@@ -280,9 +299,12 @@ def _write(results: dict[str, Any], out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="small workloads; floor, hexlabs (PostgreSQL if reachable, else SQLite) and Celery; "
-                        "< 3 min, indicative only")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small workloads; floor, hexlabs (PostgreSQL if reachable, else SQLite) and Celery; "
+        "< 3 min, indicative only",
+    )
     parser.add_argument("--systems", help=f"comma-separated, of: {', '.join(SYSTEMS)}")
     parser.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
@@ -290,10 +312,20 @@ def main() -> None:
     parser.add_argument("--png", default=str(REPO / "docs" / "performance.png"))
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--workdir", help="where logs and databases go (default: a new temp dir)")
-    parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
-                        help="py-spy the hexlabs worker, API and Prefect server for this long from the steady start")
-    parser.add_argument("--size", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                        help="override a workload size, e.g. --size burst 200 (see bench/workloads.py Sizes)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="py-spy the hexlabs worker, API and Prefect server for this long from the steady start",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="override a workload size, e.g. --size burst 200 (see bench/workloads.py Sizes)",
+    )
     args = parser.parse_args()
 
     def on_term(signum: int, frame: Any) -> None:

@@ -305,7 +305,7 @@ async def burst(system: System, target: Target, n: int, create_rate: float) -> d
     done_of = getattr(system, "own_done", None)
     if done_of is not None:  # the floor: done is when Completed was acknowledged (after every Running)
         deadline = time.monotonic() + timeout
-        while len(done_of(prefix)) < n and time.monotonic() < deadline:
+        while len(done_of(prefix)) < n and time.monotonic() < deadline:  # noqa: ASYNC110 (filled by the system)
             await asyncio.sleep(0.1)
         done = [times[0] for times in done_of(prefix).values() if times]
         if done:
@@ -329,9 +329,7 @@ def _steady_tasks(prefix: str, rate: float, seconds: float, lead: float) -> list
     return [TaskSpec(f"{prefix}{i}", start + i * 1000 / rate) for i in range(count)]
 
 
-def _steady_result(
-    tasks: Sequence[TaskSpec], got: dict[str, list[float]], created: dict[str, Any]
-) -> dict[str, Any]:
+def _steady_result(tasks: Sequence[TaskSpec], got: dict[str, list[float]], created: dict[str, Any]) -> dict[str, Any]:
     created_at = created.pop("created_at", {})
     lateness = [got[t.path][0] - t.due_ms for t in tasks if got.get(t.path)]
     # the worker's part alone: tasks whose create call returned before they were due
@@ -360,8 +358,15 @@ async def steady_one(system: System, target: Target, rate: float, seconds: float
     del created["create_samples"], created["read_samples"]  # the summaries are enough here
     # a runaway backlog is not waited for long: the ladder stops there (the final check waits for it)
     got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=max(15.0, seconds / 2))
-    return {"rate": rate, "n": len(tasks), "seconds": seconds, **_steady_result(tasks, got, created), "create": created,
-            "prefix": prefix, "paths": [t.path for t in tasks]}
+    return {
+        "rate": rate,
+        "n": len(tasks),
+        "seconds": seconds,
+        **_steady_result(tasks, got, created),
+        "create": created,
+        "prefix": prefix,
+        "paths": [t.path for t in tasks],
+    }
 
 
 async def steady_ladder(
@@ -372,14 +377,20 @@ async def steady_ladder(
     for rate in rates:
         result = await steady_one(system, target, rate, seconds, lead)
         runs.append(result)
-        print(f"    steady {rate:g}/s: p50 {result['lateness']['p50']} s, p99 {result['lateness']['p99']} s, "
-              f"sustainable {result['sustainable']}", flush=True)
+        print(
+            f"    steady {rate:g}/s: p50 {result['lateness']['p50']} s, p99 {result['lateness']['p99']} s, "
+            f"sustainable {result['sustainable']}",
+            flush=True,
+        )
         if not result["sustainable"]:
             break
         await system.quiet()
     sustainable = [r["rate"] for r in runs if r["sustainable"]]
-    under_1s = [r["rate"] for r in runs if r["lateness"]["p99"] is not None and r["lateness"]["p99"] < 1.0
-                and r["check"]["lost"] == 0]
+    under_1s = [
+        r["rate"]
+        for r in runs
+        if r["lateness"]["p99"] is not None and r["lateness"]["p99"] < 1.0 and r["check"]["lost"] == 0
+    ]
     return {
         "runs": runs,
         "max_sustainable": max(sustainable) if sustainable else None,
@@ -446,7 +457,9 @@ def ratio_interval(
     return [round(ratios[int(0.025 * len(ratios))], 2), round(ratios[int(0.975 * len(ratios)) - 1], 2)]
 
 
-async def scale(system: System, target: Target, pending: int, rate: float, seconds: float, lead: float) -> dict[str, Any]:
+async def scale(
+    system: System, target: Target, pending: int, rate: float, seconds: float, lead: float
+) -> dict[str, Any]:
     """A steady stream with no pending tasks, then ``pending`` tasks created due a day from now, then the same
     stream again: lateness, API create/read latency and memory, before and after, with the p50 and p99 ratios
     and 95% bootstrap intervals of the p99 ratios."""

@@ -66,7 +66,7 @@ class System:
     # stock Prefect runners start a subprocess per run (~1 run/s): they get smaller workloads (see run.py)
     slow = False
     # workloads it takes part in
-    workloads = ("burst", "steady", "scale", "retries")
+    workloads: tuple[str, ...] = ("burst", "steady", "scale", "retries")
     create_concurrency = 16
     notes = ""
 
@@ -135,7 +135,13 @@ def _registry() -> dict[str, type[System]]:
     from bench.systems.stock import FlowServe, ProcessWorker
 
     classes: list[type[System]] = [
-        HexlabsSqlite, HexlabsPg, FloorSqlite, FloorPg, FlowServe, ProcessWorker, CelerySystem,
+        HexlabsSqlite,
+        HexlabsPg,
+        FloorSqlite,
+        FloorPg,
+        FlowServe,
+        ProcessWorker,
+        CelerySystem,
     ]
     return {c.name: c for c in classes}
 

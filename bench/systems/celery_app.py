@@ -24,7 +24,7 @@ app.conf.update(
 _client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100))
 
 
-@app.task(bind=True, max_retries=20, default_retry_delay=0.5, acks_late=False)
+@app.task(bind=True, max_retries=20, default_retry_delay=0.5, acks_late=False)  # type: ignore[untyped-decorator]
 def call(self, url: str) -> int:  # type: ignore[no-untyped-def]
     try:
         response = _client.post(url, json={"p": url})

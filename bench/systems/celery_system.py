@@ -35,10 +35,30 @@ class CelerySystem(System):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.proc = Proc(
             self.name,
-            [sys.executable, "-m", "celery", "-A", "bench.systems.celery_app", "worker", "--pool", "threads",
-             "-c", "50", "-Q", self.queue, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"{self.queue}@bench"],
-            env=env, cwd=REPO, log=self.workdir / f"{self.queue}.log",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.systems.celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "-c",
+                "50",
+                "-Q",
+                self.queue,
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"{self.queue}@bench",
+            ],
+            env=env,
+            cwd=REPO,
+            log=self.workdir / f"{self.queue}.log",
         )
         await asyncio.to_thread(wait_log, self.proc, "ready.", timeout=60)
         import importlib

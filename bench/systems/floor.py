@@ -56,7 +56,10 @@ class _Floor(System):
         when = datetime.fromtimestamp(task.due_ms / 1000, tz=UTC)
         async with self.limit:
             run = await self.client.create_flow_run_from_deployment(
-                self.deployment_id, parameters={}, state=Scheduled(scheduled_time=when), name=task.path.rsplit("/", 1)[-1]
+                self.deployment_id,
+                parameters={},
+                state=Scheduled(scheduled_time=when),
+                name=task.path.rsplit("/", 1)[-1],
             )
         self.last_run = run.id
         job = asyncio.create_task(self._perform(run.id, task))

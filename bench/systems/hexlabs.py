@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -22,6 +23,9 @@ from bench.procs import (
 )
 from bench.systems import System, TaskSpec
 
+if TYPE_CHECKING:
+    from hexlabs_tasks import AsyncTasks
+
 __all__ = ["HexlabsPg", "HexlabsSqlite"]
 
 
@@ -32,7 +36,7 @@ class _Hexlabs(System):
         super().__init__(ctx)
         self.api: Proc | None = None
         self.worker: Proc | None = None
-        self.sdk = None
+        self.sdk: AsyncTasks | None = None
         self.store_url: str | None = None
         self.generation = 0
         self.last_id: str | None = None
@@ -168,5 +172,3 @@ class HexlabsPg(_Hexlabs):
     label = "hexlabs-tasks (PostgreSQL)"
     db = "pg"
     notes = "`hexlabs-tasks api` + 1 `worker` process (defaults); store and Prefect server on PostgreSQL 127.0.0.1:5432"
-
-

@@ -12,6 +12,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from bench.procs import REPO, Proc, rss_mb, wait_log
 from bench.systems import System, TaskSpec
@@ -29,10 +30,10 @@ class _Stock(System):
         super().__init__(ctx)
         self.proc: Proc | None = None
         self.client: Any = None
-        self.last_run = None
+        self.last_run: UUID | None = None
 
     def _env(self) -> dict[str, str]:
-        server = self.ctx.prefect(self.db)  # type: ignore[arg-type]
+        server = self.ctx.prefect(self.db)
         env = server.client_env(self.workdir / "prefect-client")
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env["PREFECT_LOGGING_LEVEL"] = "WARNING"
@@ -41,7 +42,7 @@ class _Stock(System):
     async def _client(self) -> None:
         from prefect.client.orchestration import PrefectClient
 
-        self.client = PrefectClient(self.ctx.servers[self.db].api_url)  # type: ignore[index]
+        self.client = PrefectClient(self.ctx.servers[self.db].api_url)
         await self.client.__aenter__()
 
     async def stop(self) -> None:
@@ -69,7 +70,7 @@ class _Stock(System):
         return await self._prefect_read_probe(self.client, self.last_run)
 
     def rss(self) -> dict[str, float | None]:
-        server = self.ctx.servers.get(self.db)  # type: ignore[arg-type]
+        server = self.ctx.servers.get(self.db)
         return {
             "worker": rss_mb(self.proc.pid) if self.proc else None,
             "prefect-server": server.rss() if server else None,
@@ -87,7 +88,9 @@ class FlowServe(_Stock):
         self.proc = Proc(
             self.name,
             [sys.executable, "-m", "bench.systems.stock_flow", "serve", "serve"],
-            env=env, cwd=REPO, log=self.workdir / "serve.log",
+            env=env,
+            cwd=REPO,
+            log=self.workdir / "serve.log",
         )
         await asyncio.to_thread(wait_log, self.proc, "bench-request/serve", timeout=90)
         await self._client()
@@ -122,8 +125,21 @@ class ProcessWorker(_Stock):
         )
         self.proc = Proc(
             self.name,
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "bench-process", "--limit", "5",
-             "--type", "process"],
-            env=env, cwd=REPO, log=self.workdir / "worker.log",
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "bench-process",
+                "--limit",
+                "5",
+                "--type",
+                "process",
+            ],
+            env=env,
+            cwd=REPO,
+            log=self.workdir / "worker.log",
         )
         await asyncio.to_thread(wait_log, self.proc, "started", timeout=90)
