@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from rich.console import Console
 
+from hexlabs_tasks._gc import freeze_startup_objects
 from hexlabs_tasks._prefect import PrefectBridge, resolve_prefect_api_url
 from hexlabs_tasks._service import TaskService
 from hexlabs_tasks._settings import Settings
@@ -240,6 +241,7 @@ async def _run_all(
             for name, value in banner.items():
                 console.print(f"  [bold]{name:<12}[/] {value}")
             console.print("Press Ctrl-C to stop.")
+            freeze_startup_objects()  # everything is imported and built: keep it out of later full collections
             await asyncio.gather(*jobs)
     finally:
         await store.dispose()

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from hexlabs_tasks import __version__
+from hexlabs_tasks._gc import freeze_startup_objects
 from hexlabs_tasks._prefect import PrefectBridge, resolve_prefect_api_url
 from hexlabs_tasks._service import TaskService
 from hexlabs_tasks._settings import Settings, get_settings
@@ -82,6 +83,7 @@ def create_app(
         ) as bridge:
             await bridge.ensure_deployment()
             app.state.service = TaskService(store, bridge, on_change=on_change)
+            freeze_startup_objects()
             try:
                 async with _event_window(store, settings.events_window):
                     yield
