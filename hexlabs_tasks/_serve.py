@@ -196,6 +196,12 @@ async def _serve_http(server: _Server, stop: asyncio.Event) -> None:
         stop.set()  # the server ended on its own (failed to bind): stop the rest too
 
 
+async def _listening(server: _Server, jobs: list[asyncio.Task[None]]) -> None:
+    """Return once uvicorn accepts connections, or once a job ended (a port taken: gather then says why)."""
+    while not server.started and not any(job.done() for job in jobs):  # noqa: ASYNC110 (uvicorn has only a flag)
+        await asyncio.sleep(0.02)
+
+
 def _uvicorn(app: FastAPI, settings: Settings) -> _Server:
     config = uvicorn.Config(
         app,
@@ -231,17 +237,20 @@ async def _run_all(
         await store.migrate()
         async with PrefectBridge(prefect_api_url, concurrency=settings.prefect_concurrency) as bridge:
             await bridge.ensure_deployment()
-            jobs = []
             the_worker = _worker(settings, store, bridge) if worker else None
-            if the_worker is not None:
-                jobs.append(the_worker.run(stop))
+            http = None
             if api:
                 service = TaskService(store, bridge, on_change=the_worker.wake if the_worker else None)
-                jobs.append(_serve_http(_uvicorn(create_app(settings, service=service, stopping=stop), settings), stop))
-            for name, value in banner.items():
-                console.print(f"  [bold]{name:<12}[/] {value}")
-            console.print("Press Ctrl-C to stop.")
+                http = _uvicorn(create_app(settings, service=service, stopping=stop), settings)
             freeze_startup_objects()  # everything is imported and built: keep it out of later full collections
+            jobs = [asyncio.create_task(the_worker.run(stop))] if the_worker is not None else []
+            if http is not None:
+                jobs.append(asyncio.create_task(_serve_http(http, stop)))
+                await _listening(http, jobs)
+            if http is None or http.started:
+                for name, value in banner.items():
+                    console.print(f"  [bold]{name:<12}[/] {value}")
+                console.print("Press Ctrl-C to stop.")  # only once the API answers: scripts wait for this line
             await asyncio.gather(*jobs)
     finally:
         await store.dispose()
