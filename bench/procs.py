@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+_HAS_PSUTIL = importlib.util.find_spec("psutil") is not None
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 STARTED: list[Proc] = []
 
@@ -124,7 +125,7 @@ def wait_log(proc: Proc, text: str, *, timeout: float) -> None:
 
 def rss_mb(pid: int, *, tree: bool = True) -> float | None:
     """Resident memory of a process (and its descendants), MiB; None if it is gone."""
-    if importlib.util.find_spec("psutil") is None:  # /proc fallback: the process alone
+    if not _HAS_PSUTIL:  # /proc fallback: the process alone
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -138,7 +139,7 @@ def rss_mb(pid: int, *, tree: bool = True) -> float | None:
 
 def cpu_s(pid: int, *, tree: bool = True) -> float | None:
     """CPU seconds (user + system) used so far by a process and its live descendants; None without psutil."""
-    if importlib.util.find_spec("psutil") is None:
+    if not _HAS_PSUTIL:
         return None
     return _sum_over_tree(pid, tree, lambda p: p.cpu_times().user + p.cpu_times().system)
 
