@@ -46,10 +46,13 @@ def _checks(record: dict[str, Any]) -> tuple[int, int, int]:
         lost += check["lost"]
         twice += check["twice"]
     if "scale" in work:
-        for phase in ("before", "after"):
-            lost += work["scale"][phase]["check"]["lost"]
-            twice += work["scale"][phase]["check"]["twice"]
-        early += work["scale"]["performed_early"]
+        scale = work["scale"]
+        for phases in (scale, scale.get("twin") or {}):
+            for phase in ("before", "after"):
+                if phase in phases:
+                    lost += phases[phase]["check"]["lost"]
+                    twice += phases[phase]["check"]["twice"]
+        early += scale["performed_early"]
     return lost, twice, early
 
 
@@ -131,11 +134,21 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ci = intervals.get(kind)
                 return f"{kind} {_f(value)}×" + (f" ({_f(ci[0])}–{_f(ci[1])})" if ci else "")
 
-            measured = "after/before p99: " + ", ".join(
-                one(kind, value) for kind, value in zip(("lateness", "create", "read"), ratios, strict=True)
+            def p50s(ratios: dict[str, Any]) -> str:
+                return ", ".join(f"{k} {_f(v)}×" for k, v in ratios.items())
+
+            duet = scale.get("judged_by") == "twin_after"
+            measured = ("with pending / twin without, side by side, p99: " if duet else "after/before p99: ") + (
+                ", ".join(one(kind, value) for kind, value in zip(("lateness", "create", "read"), ratios, strict=True))
             )
             if p50:
-                measured += "; p50: " + ", ".join(f"{k} {_f(v)}×" for k, v in p50.items())
+                measured += f"; p50: {p50s(p50)}"
+            if duet and scale.get("twin_before"):
+                measured += f"; the twins before, both empty, p50: {p50s(scale['twin_before']['p50'])}"
+            if duet and scale.get("after_vs_before"):
+                measured += f"; this stack after/before, p50: {p50s(scale['after_vs_before']['p50'])}"
+            if scale.get("machine_ratio") is not None:
+                measured += f"; the machine after/before: fixed work took {_f(scale['machine_ratio'])}× the CPU time"
             out.append(
                 {
                     "target": f"{scale['pending']:,} pending change p99 lateness and API latency by < 20% ({db})",
@@ -154,28 +167,27 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "holds": None if grew is None else grew < max(10.0, 0.1 * (w0 or 0.0)),
                 }
             )
-    lost = twice = early = 0
-    for record in systems.values():
-        a, b, c = _checks(record)
-        lost, twice, early = lost + a, twice + b, early + c
+    # The target is the product's; the baselines are counted the same way and shown beside it, not judged by it
+    # (Celery's Redis transport, for one, delivers at least once).
+    product, baselines = [0, 0, 0], [0, 0, 0]
+    for name, record in systems.items():
+        counts = _checks(record)
+        if name.startswith("hexlabs"):
+            product = [x + y for x, y in zip(product, counts, strict=True)]
+        else:
+            baselines = [x + y for x, y in zip(baselines, counts, strict=True)]
     out.append(
         {
-            "target": "nothing lost and nothing performed twice, in any run (counted at the target)",
-            "measured": (
-                f"{lost} lost, {twice} performed more often than expected, {early} performed early, all systems"
-            ),
-            "holds": lost == 0 and twice == 0 and early == 0,
+            "target": "nothing lost and nothing performed twice, in any hexlabs-tasks run (counted at the target)",
+            "measured": f"{product[0]} lost, {product[1]} performed more often than expected, {product[2]} early",
+            "holds": product == [0, 0, 0],
         }
     )
-    hx_only = [0, 0, 0]
-    for name, record in systems.items():
-        if name.startswith("hexlabs"):
-            hx_only = [x + y for x, y in zip(hx_only, _checks(record), strict=True)]
     out.append(
         {
-            "target": "… of which hexlabs-tasks",
-            "measured": f"{hx_only[0]} lost, {hx_only[1]} twice, {hx_only[2]} early",
-            "holds": hx_only == [0, 0, 0],
+            "target": "… the same count for the baselines (floor, stock Prefect, Celery): not a target",
+            "measured": f"{baselines[0]} lost, {baselines[1]} more often than expected, {baselines[2]} early",
+            "holds": None,
         }
     )
     return out
@@ -221,7 +233,8 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     add(
         f"- **Sizes**: burst {s['burst']} (stock Prefect runners {s['burst_slow']}), "
         f"steady {s['steady_seconds']:g} s per "
-        f"rate, scale {s['scale_pending']:,} pending at {s['scale_rate']:g}/s for {s['scale_seconds']:g} s per phase, "
+        f"rate, scale {s['scale_pending']:,} pending at {s['scale_rate']:g}/s for {s['scale_seconds']:g} s before and "
+        f"{s.get('scale_after_seconds', s['scale_seconds']):g} s after (where a twin runs beside it), "
         f"retries {s['retries']} (stock {s['retries_slow']})"
     )
     add("")
@@ -329,9 +342,16 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     add("")
     add(
         "A steady stream (before), then the pending tasks created through the API due a day later, then the same "
-        "stream again (after), each phase reading a task back through the API 10 times a second. Latencies are p99; "
+        "stream again (after), each phase reading a task back through the API 10 times a second. hexlabs-tasks runs "
+        "this as a duet (Bulej et al., *Duet Benchmarking*, 2020): two identical stacks, each started fresh on a "
+        "Prefect server of its own, take the same stream at the same time, and only one of them gets the pending "
+        "tasks; its after phase is judged against its twin's after phase, so that both face the same machine at "
+        "the same moment. On these shared machines the same code path can take 30-40% more CPU time from one minute "
+        "to the next (the fixed work of bench/speed.py, timed beside the run, shows it), which a before/after "
+        "comparison of one stack cannot tell from an effect of the pending tasks. The twins' before phase, both "
+        "empty, shows how far two identical stacks measure apart. Latencies are p99; "
         "RSS is resident memory (the Prefect server's includes its children); CPU is each process's share of one "
-        "core during the phase (PostgreSQL: all its processes). In the targets above, each p99 ratio "
+        "core during the phase (PostgreSQL: all its processes, which the twins share). In the targets above, each p99 ratio "
         "carries its 95% bootstrap interval (resampling each phase's own measurements): a p99 of a few hundred "
         "samples rests on its top few values, and the interval shows how far it moves by chance alone on this "
         "shared machine."
@@ -349,6 +369,19 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
             continue
         b, a = sc["before"], sc["after"]
         r0, r1, r2 = sc.get("rss_start_mb") or {}, sc.get("rss_with_pending_mb") or {}, a.get("rss_mb") or {}
+        twin = sc.get("twin")
+        if twin:
+            tb, ta = twin["before"], twin["after"]
+            t0, t2 = tb.get("rss_mb") or {}, ta.get("rss_mb") or {}
+            add(
+                f"| {_label(results, n)}, twin (no pending) | 0 | – | "
+                f"{_f(tb['lateness']['p99'])} → {_f(ta['lateness']['p99'])} | "
+                f"{_f(tb['create']['create_ms'].get('p99'), 0)} → {_f(ta['create']['create_ms'].get('p99'), 0)} | "
+                f"{_f(tb['create']['read_ms'].get('p99'), 0)} → {_f(ta['create']['read_ms'].get('p99'), 0)} | "
+                f"{_f(t0.get('worker'), 0)} → {_f(t2.get('worker'), 0)} | "
+                f"{_f(t0.get('api'), 0)} → {_f(t2.get('api'), 0)} | "
+                f"{_f(t0.get('prefect-server'), 0)} → {_f(t2.get('prefect-server'), 0)} | {_cpu(tb, ta)} | – |"
+            )
         add(
             f"| {_label(results, n)} | {sc['pending']:,} | {_f(sc['create_pending']['per_s'], 1)} | "
             f"{_f(b['lateness']['p99'])} → {_f(a['lateness']['p99'])} | "

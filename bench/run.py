@@ -38,7 +38,7 @@ WORKLOADS = ("burst", "retries", "steady", "scale")
 # (lock stalls retried after 2, 4, 8 s), which alone would take the quick run past 3 minutes
 QUICK_SYSTEMS = ("floor-pg", "hexlabs-pg", "celery")
 QUICK_SYSTEMS_NO_PG = ("floor-sqlite", "hexlabs-sqlite", "celery")
-# floor before hexlabs on each server (hexlabs' scale workload leaves its pending runs there); stock on SQLite
+# floor before hexlabs on each server (floor sees no hexlabs runs; hexlabs runs scale on servers of its own)
 ORDER = ("floor-sqlite", "flow-serve", "process-worker", "hexlabs-sqlite", "floor-pg", "hexlabs-pg", "celery")
 
 
@@ -106,8 +106,9 @@ def _ladder(name: str, sizes: wl.Sizes, slow: bool) -> list[float]:
     return sizes.ladder
 
 
-def _start_profiles(system: Any, ctx: Ctx, seconds: int) -> None:
-    """py-spy (sampling, --nonblocking) on the system's processes during the steady workload, collapsed stacks."""
+def _start_profiles(system: Any, ctx: Ctx, seconds: int, label: str = "") -> None:
+    """py-spy (sampling, --nonblocking) on the system's processes for ``seconds``, collapsed stacks, one file per
+    process (and per ``label``: the steady workload, or each phase of scale)."""
     import shutil
 
     from bench.procs import Proc
@@ -132,11 +133,11 @@ def _start_profiles(system: Any, ctx: Ctx, seconds: int) -> None:
                 "--format",
                 "raw",
                 "-o",
-                str(out / f"{system.name}-{part}.txt"),
+                str(out / f"{system.name}-{part}{label}.txt"),
             ],
             env=dict(os.environ),
             cwd=ctx.workdir,
-            log=out / f"{system.name}-{part}.log",
+            log=out / f"{system.name}-{part}{label}.log",
         )
     print(f"    profiling {list(system.profile_targets())} for {seconds} s into {out}", flush=True)
 
@@ -178,12 +179,36 @@ async def run_system(
                         system, target, _ladder(name, sizes, system.slow), sizes.steady_seconds, sizes.steady_lead
                     )
                 else:
-                    if ran_any and not ctx.quick:
+                    # two fresh stacks side by side, each on a Prefect server of its own (workloads.scale); not in
+                    # --quick, where starting them would take a third of its three minutes
+                    twin = None if ctx.quick else await system.duet()
+                    if twin is not None:
+                        await asyncio.gather(wl.warmup(system, target), wl.warmup(twin, target))
+                        print(f"    {name} and its twin ready in {time.monotonic() - t0:.1f} s", flush=True)
+                    elif ran_any and not ctx.quick:
                         await system.restart()  # a clean system: no backlog, memory from a fresh start
                         await wl.warmup(system, target)
-                    result = await wl.scale(
-                        system, target, sizes.scale_pending, sizes.scale_rate, sizes.scale_seconds, sizes.steady_lead
-                    )
+                    on_phase = None
+                    if profile and hasattr(system, "profile_targets"):
+
+                        def on_phase(phase: str, seconds: float, system: Any = system) -> None:
+                            _start_profiles(system, ctx, min(profile, int(seconds)), f"-scale-{phase}")
+
+                    try:
+                        result = await wl.scale(
+                            system,
+                            target,
+                            sizes.scale_pending,
+                            sizes.scale_rate,
+                            sizes.scale_seconds,
+                            sizes.steady_lead,
+                            on_phase=on_phase,
+                            twin=twin,
+                            after_seconds=sizes.scale_after_seconds if twin is not None else None,
+                        )
+                    finally:
+                        if twin is not None:
+                            await system.end_duet(twin)
                 result["wall_s"] = round(time.monotonic() - t0, 1)
                 record["workloads"][workload] = result
                 ran_any = True
@@ -275,7 +300,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print(f"workdir {workdir}; systems {names}; workloads {wanted}", flush=True)
     if args.quick:
         print("--quick: small workloads; the numbers are indicative only", flush=True)
-    ctx = Ctx(workdir=workdir, target_url="", quick=args.quick)
+    from bench.speed import SpeedProbe
+
+    ctx = Ctx(workdir=workdir, target_url="", quick=args.quick, speed=SpeedProbe(workdir))
     target = wl.Target(workdir)
     ctx.target_url = target.url
     try:
@@ -317,7 +344,8 @@ def main() -> None:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="py-spy the hexlabs worker, API and Prefect server for this long from the steady start",
+        help="py-spy the hexlabs worker, API and Prefect server for this long from the steady start, and from "
+        "the start of each scale phase",
     )
     parser.add_argument(
         "--size",

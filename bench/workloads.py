@@ -12,7 +12,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Sizes:
         # p99 of each phase is read off rate * seconds tasks: 300 in the full run, so it is not a single sample
         self.scale_rate = 2.0 if quick else 5.0
         self.scale_seconds = 4.0 if quick else 60.0
+        # the duet's after phase, where the target is judged: 900 samples per kind, so that a p99 rests on its top 9
+        self.scale_after_seconds = 4.0 if quick else 180.0
         self.retries = 30 if quick else 200
         self.retries_slow = 10 if quick else 30
 
@@ -458,38 +460,65 @@ def ratio_interval(
 
 
 async def scale(
-    system: System, target: Target, pending: int, rate: float, seconds: float, lead: float
+    system: System,
+    target: Target,
+    pending: int,
+    rate: float,
+    seconds: float,
+    lead: float,
+    on_phase: Callable[[str, float], None] | None = None,
+    twin: System | None = None,
+    after_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """A steady stream with no pending tasks, then ``pending`` tasks created due a day from now, then the same
-    stream again: lateness, API create/read latency and memory, before and after, with the p50 and p99 ratios
-    and 95% bootstrap intervals of the p99 ratios."""
-    run = _run_id()
-    samples: dict[str, dict[str, list[float]]] = {}
+    """A steady stream with no pending tasks (before), then ``pending`` tasks created due a day from now, then the
+    same stream again (after): lateness, API create/read latency and memory.
 
-    async def phase(name: str) -> dict[str, Any]:
-        prefix = f"/sc/{system.name}/{run}/{name}/"
-        tasks = _steady_tasks(prefix, rate, seconds, lead)
-        cpu_start, started = system.cpu(), time.monotonic()
-        created = await stream(system, tasks, lead, probe_every=SCALE_PROBE_EVERY)
-        got = await wait_for(target, system, prefix, {t.path: 1 for t in tasks}, timeout=30)
-        cpu_end, wall = system.cpu(), time.monotonic() - started
-        # share of one core each part used over the phase: where a change in latency comes from
-        cpu = {
-            part: round((cpu_end[part] - used) / wall, 3)  # type: ignore[operator]
-            for part, used in cpu_start.items()
-            # (a part whose processes exited meanwhile, such as PostgreSQL backends, cannot be counted)
-            if used is not None and cpu_end.get(part) is not None and cpu_end[part] >= used  # type: ignore[operator]
-        }
-        samples[name] = {
+    With a ``twin`` (an identical stack, started the same way, on a Prefect server of its own) this is a duet: the
+    same stream goes to both stacks at the same time, and only ``system`` gets the pending tasks. The after phase
+    then compares the two side by side, under the same machine at the same moment; the before phase shows how far
+    two identical stacks measure apart (the method's own noise). Without one, after is compared with before, which
+    on a shared machine includes whatever the machine did in between (``machine_ratio``)."""
+    run = _run_id()
+    stacks = [system] if twin is None else [system, twin]
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {s.name: {} for s in stacks}
+
+    async def one_stack(stack: System, name: str, offset_ms: float, length: float) -> dict[str, Any]:
+        prefix = f"/sc/{stack.name}/{run}/{name}/"
+        tasks = [TaskSpec(t.path, t.due_ms + offset_ms) for t in _steady_tasks(prefix, rate, length, lead)]
+        created = await stream(stack, tasks, lead, probe_every=SCALE_PROBE_EVERY)
+        got = await wait_for(target, stack, prefix, {t.path: 1 for t in tasks}, timeout=30)
+        samples[stack.name][name] = {
             "lateness": [got[t.path][0] - t.due_ms for t in tasks if got.get(t.path)],
             "create": created.pop("create_samples"),
             "read": created.pop("read_samples"),
         }
-        return {**_steady_result(tasks, got, created), "create": created, "rss_mb": system.rss(), "cpu_cores": cpu}
+        return {**_steady_result(tasks, got, created), "create": created}
 
-    await system.quiet()
+    async def phase(name: str, length: float) -> list[dict[str, Any]]:
+        if on_phase is not None:
+            on_phase(name, length + lead)  # e.g. a profiler over the phase
+        cpu_start, started = [s.cpu() for s in stacks], time.monotonic()
+        # the twin's stream runs half a period behind: one stream of 2 x rate over the machine, not two in step
+        results = await asyncio.gather(*(one_stack(s, name, i * 500 / rate, length) for i, s in enumerate(stacks)))
+        ended = time.monotonic()
+        speed = system.ctx.speed.median_us(started, ended) if system.ctx.speed else None
+        for stack, result, used in zip(stacks, results, cpu_start, strict=True):
+            cpu_end = stack.cpu()
+            # share of one core each part used over the phase: where a change in latency comes from
+            result["cpu_cores"] = {
+                part: round((cpu_end[part] - value) / (ended - started), 3)  # type: ignore[operator]
+                for part, value in used.items()
+                # (a part whose processes exited meanwhile, such as PostgreSQL backends, cannot be counted)
+                if value is not None and cpu_end.get(part) is not None and cpu_end[part] >= value  # type: ignore[operator]
+            }
+            result["rss_mb"] = stack.rss()
+            result["machine_work_us"] = speed
+        return results
+
+    for stack in stacks:
+        await stack.quiet()
     rss_start = system.rss()
-    before = await phase("before")
+    before = await phase("before", seconds)
     far = now_ms() + 86_400_000
     pending_prefix = f"/sc/{system.name}/{run}/pending/"
     created = await submit_all(
@@ -498,32 +527,61 @@ async def scale(
     created.pop("finished_at", None)
     await system.quiet()
     rss_pending = system.rss()
-    after = await phase("after")
+    print(f"    {len(stacks)} stack(s): before phase and {pending:,} pending created", flush=True)
+    after = await phase("after", after_seconds or seconds)
     early = len(await _arrivals(target, system, pending_prefix))
-
-    def ratio(kind: str, q: float) -> float | None:
-        b, a = pct(samples["before"][kind], q), pct(samples["after"][kind], q)
-        return round(a / b, 2) if b and a is not None else None
-
     kinds = ("lateness", "create", "read")
-    return {
+
+    def compare(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, Any]:
+        """a against b: p50 and p99 ratios per kind, with 95% bootstrap intervals of the p99 ratios."""
+
+        def ratio(kind: str, q: float) -> float | None:
+            x, y = pct(b[kind], q), pct(a[kind], q)
+            return round(y / x, 2) if x and y is not None else None
+
+        return {
+            "p99": {kind: ratio(kind, 99) for kind in kinds},
+            "p50": {kind: ratio(kind, 50) for kind in kinds},
+            "p99_intervals": {kind: ratio_interval(b[kind], a[kind], 99) for kind in kinds},
+        }
+
+    mine = samples[system.name]
+    over_time = compare(mine["after"], mine["before"])
+    speeds = before[0]["machine_work_us"], after[0]["machine_work_us"]
+    out: dict[str, Any] = {
         "pending": pending,
         "rate": rate,
+        "seconds": {"before": seconds, "after": after_seconds or seconds},
         "create_pending": created,
-        "before": before,
-        "after": after,
+        "before": before[0],
+        "after": after[0],
         "rss_start_mb": rss_start,
         "rss_with_pending_mb": rss_pending,
         "performed_early": early,
-        "p99_ratio": ratio("lateness", 99),
-        "create_p99_ratio": ratio("create", 99),
-        "read_p99_ratio": ratio("read", 99),
-        "p50_ratios": {kind: ratio(kind, 50) for kind in kinds},
-        "p99_ratio_intervals": {
-            kind: ratio_interval(samples["before"][kind], samples["after"][kind], 99) for kind in kinds
-        },
-        "samples_ms": {
-            phase: {kind: [round(v, 1) for v in values] for kind, values in by_kind.items()}
-            for phase, by_kind in samples.items()
-        },
+        # this stack after against before: the comparison without a twin
+        "after_vs_before": over_time,
+        # the same fixed work's CPU time after/before: how much slower the machine itself got (bench/speed.py)
+        "machine_ratio": round(speeds[1] / speeds[0], 2) if speeds[0] and speeds[1] else None,
     }
+    judged = over_time
+    if twin is not None:
+        theirs = samples[twin.name]
+        out["twin"] = {"name": twin.name, "before": before[1], "after": after[1]}
+        # two identical stacks, neither with pending tasks: how far apart they measure by themselves
+        out["twin_before"] = compare(mine["before"], theirs["before"])
+        # the duet: with 10,000 pending against none, at the same time
+        judged = out["twin_after"] = compare(mine["after"], theirs["after"])
+    out["judged_by"] = "twin_after" if twin is not None else "after_vs_before"
+    out["p99_ratio"] = judged["p99"]["lateness"]
+    out["create_p99_ratio"] = judged["p99"]["create"]
+    out["read_p99_ratio"] = judged["p99"]["read"]
+    out["p50_ratios"] = judged["p50"]
+    out["p99_ratio_intervals"] = judged["p99_intervals"]
+    out["samples_ms"] = {
+        stack: {
+            phase: {kind: [round(v, 1) for v in values] for kind, values in by_kind.items()}
+            for phase, by_kind in by_phase.items()
+        }
+        for stack, by_phase in samples.items()
+    }
+    return out

@@ -11,9 +11,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.procs import PrefectServer, stop_all
+
+if TYPE_CHECKING:
+    from bench.speed import SpeedProbe
 
 __all__ = ["SYSTEMS", "Ctx", "System", "TaskSpec", "make_system", "now_ms"]
 
@@ -41,14 +44,22 @@ class Ctx:
     quick: bool
     servers: dict[str, PrefectServer] = field(default_factory=dict)
     server_start_s: dict[str, float] = field(default_factory=dict)
+    speed: SpeedProbe | None = None  # the machine's speed over time (bench/speed.py)
 
-    def prefect(self, db: str) -> PrefectServer:
-        if db not in self.servers:
-            server = PrefectServer(self.workdir / f"prefect-{db}", db)
+    def prefect(self, db: str, key: str | None = None) -> PrefectServer:
+        """The run's Prefect server on ``db``, started on first use; another one under another ``key``."""
+        key = key or db
+        if key not in self.servers:
+            server = PrefectServer(self.workdir / f"prefect-{key}", db)
             server.workdir.mkdir(parents=True, exist_ok=True)
-            self.servers[db] = server
-            self.server_start_s[db] = server.start()
-        return self.servers[db]
+            self.servers[key] = server
+            self.server_start_s[key] = server.start()
+        return self.servers[key]
+
+    def drop_prefect(self, key: str) -> None:
+        server = self.servers.pop(key, None)
+        if server is not None:
+            server.stop()
 
     def close(self) -> None:
         for server in self.servers.values():
@@ -70,8 +81,10 @@ class System:
     create_concurrency = 16
     notes = ""
 
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: Ctx, name: str | None = None) -> None:
         self.ctx = ctx
+        if name:
+            self.name = name  # a second instance of the same system (the scale workload's twin)
         if self.db == "sqlite":
             # Prefect on SQLite: concurrent writers meet "database is locked", answered by 503s that the client
             # retries after 2, 4, 8 s; 8 at a time (hexlabs' own Prefect call limit)
@@ -91,6 +104,14 @@ class System:
 
     async def submit(self, task: TaskSpec) -> None:
         raise NotImplementedError
+
+    async def duet(self) -> System | None:
+        """An identical second stack for the scale workload to run side by side with this one (None: not
+        supported; scale then compares this stack after with before)."""
+        return None
+
+    async def end_duet(self, twin: System) -> None:
+        """Stop what :meth:`duet` started."""
 
     async def read_probe(self) -> float | None:
         """Milliseconds to read one task back through the system's API; None where there is no such API."""

@@ -4,6 +4,7 @@ Prefect server both). Tasks are created through the API with the async SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -32,8 +33,9 @@ __all__ = ["HexlabsPg", "HexlabsSqlite"]
 class _Hexlabs(System):
     db = "sqlite"
 
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(ctx)
+    def __init__(self, ctx, name: str | None = None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(ctx, name)
+        self.server_key: str | None = None  # which of the run's Prefect servers (None: the shared one for db)
         self.api: Proc | None = None
         self.worker: Proc | None = None
         self.sdk: AsyncTasks | None = None
@@ -44,7 +46,11 @@ class _Hexlabs(System):
     async def start(self) -> None:
         from hexlabs_tasks import AsyncTasks
 
-        server = self.ctx.prefect(self.db)
+        await asyncio.to_thread(self._launch)  # blocking waits: in a thread, so that two stacks start at once
+        self.sdk = AsyncTasks(base_url=self.url, timeout=120)
+
+    def _launch(self) -> None:
+        server = self.ctx.prefect(self.db, self.server_key)
         self.generation += 1
         home = self.workdir / f"gen{self.generation}"
         home.mkdir(parents=True, exist_ok=True)
@@ -77,14 +83,13 @@ class _Hexlabs(System):
             wait_http(f"{self.url}/healthz", timeout=90, proc=self.api, what="the hexlabs API")
             self.worker = Proc(f"{self.name}-worker", [*argv, "worker"], env=env, cwd=home, log=home / "worker.log")
             wait_log(self.worker, "Press Ctrl-C to stop.", timeout=90)
-        self.sdk = AsyncTasks(base_url=self.url, timeout=120)
 
     async def stop(self) -> None:
         if self.sdk is not None:
             await self.sdk.aclose()
             self.sdk = None
         for proc in dict.fromkeys(p for p in (self.worker, self.api) if p is not None):
-            proc.stop(timeout=20)
+            await asyncio.to_thread(proc.stop, 20)  # in a thread: two stacks stop at once
         self.worker = self.api = None
         if self.db == "pg" and self.store_url:
             drop_pg_database(self.store_url)
@@ -109,7 +114,7 @@ class _Hexlabs(System):
         return (time.perf_counter() - started) * 1000
 
     def rss(self) -> dict[str, float | None]:
-        server = self.ctx.servers.get(self.db)
+        server = self.ctx.servers.get(self.server_key or self.db)
         return {
             "worker": rss_mb(self.worker.pid) if self.worker else None,
             "api": rss_mb(self.api.pid) if self.api else None,
@@ -117,7 +122,7 @@ class _Hexlabs(System):
         }
 
     def cpu(self) -> dict[str, float | None]:
-        server = self.ctx.servers.get(self.db)
+        server = self.ctx.servers.get(self.server_key or self.db)
         parts = {
             "worker": cpu_s(self.worker.pid) if self.worker else None,
             "api": cpu_s(self.api.pid) if self.api and self.api is not self.worker else None,
@@ -128,7 +133,7 @@ class _Hexlabs(System):
         return parts
 
     def profile_targets(self) -> dict[str, int]:
-        server = self.ctx.servers.get(self.db)
+        server = self.ctx.servers.get(self.server_key or self.db)
         out = {"worker": self.worker.pid if self.worker else 0, "api": self.api.pid if self.api else 0}
         if self.worker is self.api:
             out = {"serve": out["worker"]}
@@ -138,7 +143,7 @@ class _Hexlabs(System):
 
     def prefect_completed(self) -> int | None:
         """Flow runs Completed in Prefect (to see how far the Prefect mirror lags the requests)."""
-        server = self.ctx.servers.get(self.db)
+        server = self.ctx.servers.get(self.server_key or self.db)
         if server is None:
             return None
         try:
@@ -150,6 +155,26 @@ class _Hexlabs(System):
             return int(response.json())
         except (httpx.HTTPError, ValueError):
             return None
+
+    async def duet(self) -> _Hexlabs:
+        """For the scale workload: this stack restarted on a fresh Prefect server of its own, and an identical twin
+        started the same way on another, so that the two differ only in what the workload gives each."""
+        twin = type(self)(self.ctx, f"{self.name}-twin")
+        twin.server_key = f"{self.db}-scale-twin"
+        keys = [f"{self.db}-scale", twin.server_key]
+        servers = asyncio.gather(*(asyncio.to_thread(self.ctx.prefect, self.db, key) for key in keys))
+        await self.stop()
+        await servers
+        self.server_key = keys[0]
+        await asyncio.gather(self.start(), twin.start())
+        return twin
+
+    async def end_duet(self, twin: System) -> None:
+        """Stop both stacks and their Prefect servers (the scale workload is the last one)."""
+        await asyncio.gather(twin.stop(), self.stop())
+        keys = [key for key in (self.server_key, getattr(twin, "server_key", None)) if key]
+        await asyncio.gather(*(asyncio.to_thread(self.ctx.drop_prefect, key) for key in keys))
+        self.server_key = None
 
     def versions(self) -> dict[str, str]:
         import hexlabs_tasks
