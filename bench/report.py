@@ -144,7 +144,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if p50:
                 measured += f"; p50: {p50s(p50)}"
             if duet and scale.get("twin_before"):
-                measured += f"; the twins before, both empty, p50: {p50s(scale['twin_before']['p50'])}"
+                measured += (
+                    "; the twins before, both empty (the method's own noise), "
+                    f"p99: {p50s(scale['twin_before']['p99'])}, p50: {p50s(scale['twin_before']['p50'])}"
+                )
             if duet and scale.get("after_vs_before"):
                 measured += f"; this stack after/before, p50: {p50s(scale['after_vs_before']['p50'])}"
             if scale.get("machine_ratio") is not None:
@@ -351,7 +354,8 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
         "comparison of one stack cannot tell from an effect of the pending tasks. The twins' before phase, both "
         "empty, shows how far two identical stacks measure apart. Latencies are p99; "
         "RSS is resident memory (the Prefect server's includes its children); CPU is each process's share of one "
-        "core during the phase (PostgreSQL: all its processes, which the twins share). In the targets above, each p99 ratio "
+        "core during the phase (PostgreSQL: all its processes, which the twins share). In the targets above, "
+        "each p99 ratio "
         "carries its 95% bootstrap interval (resampling each phase's own measurements): a p99 of a few hundred "
         "samples rests on its top few values, and the interval shows how far it moves by chance alone on this "
         "shared machine."
