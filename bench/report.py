@@ -134,7 +134,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ci = intervals.get(kind)
                 return f"{kind} {_f(value)}×" + (f" ({_f(ci[0])}–{_f(ci[1])})" if ci else "")
 
-            def p50s(ratios: dict[str, Any]) -> str:
+            def each(ratios: dict[str, Any]) -> str:
                 return ", ".join(f"{k} {_f(v)}×" for k, v in ratios.items())
 
             duet = scale.get("judged_by") == "twin_after"
@@ -142,14 +142,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ", ".join(one(kind, value) for kind, value in zip(("lateness", "create", "read"), ratios, strict=True))
             )
             if p50:
-                measured += f"; p50: {p50s(p50)}"
+                measured += f"; p50: {each(p50)}"
             if duet and scale.get("twin_before"):
                 measured += (
                     "; the twins before, both empty (the method's own noise), "
-                    f"p99: {p50s(scale['twin_before']['p99'])}, p50: {p50s(scale['twin_before']['p50'])}"
+                    f"p99: {each(scale['twin_before']['p99'])}, p50: {each(scale['twin_before']['p50'])}"
                 )
             if duet and scale.get("after_vs_before"):
-                measured += f"; this stack after/before, p50: {p50s(scale['after_vs_before']['p50'])}"
+                measured += f"; this stack after/before, p50: {each(scale['after_vs_before']['p50'])}"
             if scale.get("machine_ratio") is not None:
                 measured += f"; the machine after/before: fixed work took {_f(scale['machine_ratio'])}× the CPU time"
             out.append(
@@ -371,30 +371,21 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
         sc = systems[n].get("workloads", {}).get("scale")
         if not sc:
             continue
-        b, a = sc["before"], sc["after"]
-        r0, r1, r2 = sc.get("rss_start_mb") or {}, sc.get("rss_with_pending_mb") or {}, a.get("rss_mb") or {}
         twin = sc.get("twin")
         if twin:
             tb, ta = twin["before"], twin["after"]
-            t0, t2 = tb.get("rss_mb") or {}, ta.get("rss_mb") or {}
-            add(
-                f"| {_label(results, n)}, twin (no pending) | 0 | – | "
-                f"{_f(tb['lateness']['p99'])} → {_f(ta['lateness']['p99'])} | "
-                f"{_f(tb['create']['create_ms'].get('p99'), 0)} → {_f(ta['create']['create_ms'].get('p99'), 0)} | "
-                f"{_f(tb['create']['read_ms'].get('p99'), 0)} → {_f(ta['create']['read_ms'].get('p99'), 0)} | "
-                f"{_f(t0.get('worker'), 0)} → {_f(t2.get('worker'), 0)} | "
-                f"{_f(t0.get('api'), 0)} → {_f(t2.get('api'), 0)} | "
-                f"{_f(t0.get('prefect-server'), 0)} → {_f(t2.get('prefect-server'), 0)} | {_cpu(tb, ta)} | – |"
-            )
+            add(_scale_row(f"{_label(results, n)}, twin (no pending)", "0", "–", tb, ta, tb.get("rss_mb"), None, "–"))
         add(
-            f"| {_label(results, n)} | {sc['pending']:,} | {_f(sc['create_pending']['per_s'], 1)} | "
-            f"{_f(b['lateness']['p99'])} → {_f(a['lateness']['p99'])} | "
-            f"{_f(b['create']['create_ms'].get('p99'), 0)} → {_f(a['create']['create_ms'].get('p99'), 0)} | "
-            f"{_f(b['create']['read_ms'].get('p99'), 0)} → {_f(a['create']['read_ms'].get('p99'), 0)} | "
-            f"{_f(r0.get('worker'), 0)} → {_f(r1.get('worker'), 0)} → {_f(r2.get('worker'), 0)} | "
-            f"{_f(r0.get('api'), 0)} → {_f(r2.get('api'), 0)} | "
-            f"{_f(r0.get('prefect-server'), 0)} → {_f(r2.get('prefect-server'), 0)} | {_cpu(b, a)} | "
-            f"{sc['performed_early']} |"
+            _scale_row(
+                _label(results, n),
+                f"{sc['pending']:,}",
+                _f(sc["create_pending"]["per_s"], 1),
+                sc["before"],
+                sc["after"],
+                sc.get("rss_start_mb"),
+                sc.get("rss_with_pending_mb") or {},
+                str(sc["performed_early"]),
+            )
         )
     add("")
 
@@ -502,6 +493,30 @@ def plot(results: dict[str, Any], png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _scale_row(
+    label: str,
+    pending: str,
+    per_s: str,
+    b: dict[str, Any],
+    a: dict[str, Any],
+    rss_start: dict[str, Any] | None,
+    rss_pending: dict[str, Any] | None,
+    early: str,
+) -> str:
+    """One stack's row of the scale table; ``rss_pending`` None: no pending column for its worker (the twin)."""
+    r0, r2 = rss_start or {}, a.get("rss_mb") or {}
+    worker = [r0.get("worker"), *([] if rss_pending is None else [rss_pending.get("worker")]), r2.get("worker")]
+    return (
+        f"| {label} | {pending} | {per_s} | "
+        f"{_f(b['lateness']['p99'])} → {_f(a['lateness']['p99'])} | "
+        f"{_f(b['create']['create_ms'].get('p99'), 0)} → {_f(a['create']['create_ms'].get('p99'), 0)} | "
+        f"{_f(b['create']['read_ms'].get('p99'), 0)} → {_f(a['create']['read_ms'].get('p99'), 0)} | "
+        f"{' → '.join(_f(w, 0) for w in worker)} | "
+        f"{_f(r0.get('api'), 0)} → {_f(r2.get('api'), 0)} | "
+        f"{_f(r0.get('prefect-server'), 0)} → {_f(r2.get('prefect-server'), 0)} | {_cpu(b, a)} | {early} |"
+    )
 
 
 def _cpu(before: dict[str, Any], after: dict[str, Any]) -> str:

@@ -45,7 +45,8 @@ def main(path: Path) -> None:
 
 
 class SpeedProbe:
-    """The probe process; :meth:`median_us` of the work over a window of ``time.monotonic()``."""
+    """The probe process (stopped with everything else the run started); :meth:`median_us` of the work over a
+    window of ``time.monotonic()``."""
 
     def __init__(self, workdir: Path) -> None:
         self.path = workdir / "speed.txt"
@@ -71,9 +72,6 @@ class SpeedProbe:
             except ValueError:
                 continue
         return round(statistics.median(used), 1) if used else None
-
-    def stop(self) -> None:
-        self.proc.stop(timeout=2)
 
 
 if __name__ == "__main__":

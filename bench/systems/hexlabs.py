@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bench.procs import (
+    PrefectServer,
     Proc,
     cpu_s,
     create_pg_database,
@@ -113,8 +114,12 @@ class _Hexlabs(System):
         await self.sdk.read(self.last_id)
         return (time.perf_counter() - started) * 1000
 
+    def _server(self) -> PrefectServer | None:
+        """This stack's Prefect server, while it runs."""
+        return self.ctx.servers.get(self.server_key or self.db)
+
     def rss(self) -> dict[str, float | None]:
-        server = self.ctx.servers.get(self.server_key or self.db)
+        server = self._server()
         return {
             "worker": rss_mb(self.worker.pid) if self.worker else None,
             "api": rss_mb(self.api.pid) if self.api else None,
@@ -122,7 +127,7 @@ class _Hexlabs(System):
         }
 
     def cpu(self) -> dict[str, float | None]:
-        server = self.ctx.servers.get(self.server_key or self.db)
+        server = self._server()
         parts = {
             "worker": cpu_s(self.worker.pid) if self.worker else None,
             "api": cpu_s(self.api.pid) if self.api and self.api is not self.worker else None,
@@ -133,7 +138,7 @@ class _Hexlabs(System):
         return parts
 
     def profile_targets(self) -> dict[str, int]:
-        server = self.ctx.servers.get(self.server_key or self.db)
+        server = self._server()
         out = {"worker": self.worker.pid if self.worker else 0, "api": self.api.pid if self.api else 0}
         if self.worker is self.api:
             out = {"serve": out["worker"]}
@@ -143,7 +148,7 @@ class _Hexlabs(System):
 
     def prefect_completed(self) -> int | None:
         """Flow runs Completed in Prefect (to see how far the Prefect mirror lags the requests)."""
-        server = self.ctx.servers.get(self.server_key or self.db)
+        server = self._server()
         if server is None:
             return None
         try:
