@@ -68,6 +68,9 @@ def _port_free(host: str, port: int) -> bool:
 class LocalPrefectServer:
     """``prefect server start`` as a child process, its data under ``home``.
 
+    Started through :mod:`hexlabs_tasks.prefect_server`, which freezes the server's startup objects so that its
+    garbage collector's full passes stay short (every API call waits for them).
+
     Args:
         home: directory for Prefect's database (SQLite, unless ``database_url``) and the server's log.
         port: port on 127.0.0.1.
@@ -107,9 +110,7 @@ class LocalPrefectServer:
             [
                 sys.executable,
                 "-m",
-                "prefect",
-                "server",
-                "start",
+                "hexlabs_tasks.prefect_server",  # `prefect server start`, its startup objects frozen
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -110,6 +110,7 @@ def test_serve_runs_everything_stops_on_ctrl_c_and_reuses_its_data(
         assert prefect_ui in banner
         assert httpx.get(prefect_ui, timeout=10).status_code == 200  # the Prefect UI is served
         assert httpx.get(f"{first.url}/docs", timeout=10).status_code == 200
+        assert "startup objects of the Prefect server" in (home / "prefect-server.log").read_text()  # frozen
 
         with Tasks(base_url=first.url) as client:
             task = client.create(
