@@ -226,11 +226,17 @@ def drop_pg_database(url: str) -> None:
 
 
 class PrefectServer:
-    """``prefect server start`` with its own PREFECT_HOME; SQLite (default) or a fresh PostgreSQL database."""
+    """A Prefect server with its own PREFECT_HOME; SQLite (default) or a fresh PostgreSQL database.
 
-    def __init__(self, workdir: Path, db: str) -> None:
+    Started the way hexlabs-tasks starts it (``python -m hexlabs_tasks.prefect_server``: ``prefect server start``
+    with its startup objects frozen), or with ``stock`` the way Prefect's own docs start it
+    (``prefect server start``).
+    """
+
+    def __init__(self, workdir: Path, db: str, *, stock: bool = False) -> None:
         self.workdir = workdir
         self.db = db
+        self.stock = stock
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.pg_url: str | None = None
@@ -251,13 +257,17 @@ class PrefectServer:
         started = time.monotonic()
         self.proc = Proc(
             f"prefect-server-{self.db}",
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", *self.program, "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             cwd=self.workdir,
             log=self.workdir / f"prefect-server-{self.db}.log",
         )
         wait_http(f"{self.api_url}/health", timeout=180, proc=self.proc, what="the Prefect server")
         return time.monotonic() - started
+
+    @property
+    def program(self) -> list[str]:
+        return ["prefect", "server", "start"] if self.stock else ["hexlabs_tasks.prefect_server"]
 
     def stop(self) -> None:
         if self.proc is not None:

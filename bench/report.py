@@ -264,7 +264,8 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     add("")
     if meta.get("prefect_server_start_s"):
         add(
-            "Prefect servers (one per database kind, shared by the systems on it, floor first): started in "
+            "Prefect servers (hexlabs-tasks and the floor share one per database kind, floor first; the stock "
+            "Prefect baselines run on a stock `prefect server start`): started in "
             + ", ".join(f"{k} {v} s" for k, v in meta["prefect_server_start_s"].items())
             + "."
         )
@@ -434,7 +435,7 @@ def render(results: dict[str, Any], png_name: str | None, *, appendix: str | Non
     add("```")
     add("")
     add(
-        "Every system starts its own processes on free ports (a Prefect server per database kind with its own "
+        "Every system starts its own processes on free ports (Prefect servers, each with its own "
         "PREFECT_HOME or a fresh PostgreSQL database, the hexlabs API and worker, a runner, a worker, a Celery "
         "worker on its own queue) and stops them by PID at the end, also on an error or Ctrl-C. The HTTP target "
         "(`bench/target.py`) is uvicorn in its own process. Logs stay in the work directory printed at the start."

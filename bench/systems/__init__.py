@@ -37,7 +37,7 @@ class TaskSpec:
 
 @dataclass
 class Ctx:
-    """What systems share in one run: the work directory, the target, and one Prefect server per database kind."""
+    """What systems share in one run: the work directory, the target, and the Prefect servers."""
 
     workdir: Path
     target_url: str
@@ -46,11 +46,15 @@ class Ctx:
     server_start_s: dict[str, float] = field(default_factory=dict)
     speed: SpeedProbe | None = None  # the machine's speed over time (bench/speed.py)
 
-    def prefect(self, db: str, key: str | None = None) -> PrefectServer:
-        """The run's Prefect server on ``db``, started on first use; another one under another ``key``."""
-        key = key or db
+    def prefect(self, db: str, key: str | None = None, *, stock: bool = False) -> PrefectServer:
+        """The run's Prefect server on ``db``, started on first use; another one under another ``key``.
+
+        hexlabs-tasks and the floor share the server as hexlabs-tasks starts it (key ``db``); the stock Prefect
+        baselines get a stock ``prefect server start`` (key ``db-stock``).
+        """
+        key = key or (f"{db}-stock" if stock else db)
         if key not in self.servers:
-            server = PrefectServer(self.workdir / f"prefect-{key}", db)
+            server = PrefectServer(self.workdir / f"prefect-{key}", db, stock=stock)
             server.workdir.mkdir(parents=True, exist_ok=True)
             self.servers[key] = server
             self.server_start_s[key] = server.start()

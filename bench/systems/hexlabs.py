@@ -193,7 +193,8 @@ class HexlabsSqlite(_Hexlabs):
     db = "sqlite"
     notes = (
         "`hexlabs-tasks serve` (API + worker in one process; defaults, 1 Prefect call at a time as serve sets for "
-        "SQLite); store and Prefect server on SQLite; worker and api RSS are the same process"
+        "SQLite); store and Prefect server on SQLite, the Prefect server as serve starts it "
+        "(`python -m hexlabs_tasks.prefect_server`); worker and api RSS are the same process"
     )
 
 
@@ -201,4 +202,7 @@ class HexlabsPg(_Hexlabs):
     name = "hexlabs-pg"
     label = "hexlabs-tasks (PostgreSQL)"
     db = "pg"
-    notes = "`hexlabs-tasks api` + 1 `worker` process (defaults); store and Prefect server on PostgreSQL 127.0.0.1:5432"
+    notes = (
+        "`hexlabs-tasks api` + 1 `worker` process (defaults); store and Prefect server "
+        "(`python -m hexlabs_tasks.prefect_server`, as docs/postgresql.md runs it) on PostgreSQL 127.0.0.1:5432"
+    )

@@ -33,7 +33,7 @@ class _Stock(System):
         self.last_run: UUID | None = None
 
     def _env(self) -> dict[str, str]:
-        server = self.ctx.prefect(self.db)
+        server = self.ctx.prefect(self.db, stock=True)
         env = server.client_env(self.workdir / "prefect-client")
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env["PREFECT_LOGGING_LEVEL"] = "WARNING"
@@ -42,7 +42,7 @@ class _Stock(System):
     async def _client(self) -> None:
         from prefect.client.orchestration import PrefectClient
 
-        self.client = PrefectClient(self.ctx.servers[self.db].api_url)
+        self.client = PrefectClient(self.ctx.prefect(self.db, stock=True).api_url)
         await self.client.__aenter__()
 
     async def stop(self) -> None:
@@ -70,7 +70,7 @@ class _Stock(System):
         return await self._prefect_read_probe(self.client, self.last_run)
 
     def rss(self) -> dict[str, float | None]:
-        server = self.ctx.servers.get(self.db)
+        server = self.ctx.servers.get(f"{self.db}-stock")
         return {
             "worker": rss_mb(self.proc.pid) if self.proc else None,
             "prefect-server": server.rss() if server else None,
@@ -81,7 +81,10 @@ class FlowServe(_Stock):
     name = "flow-serve"
     label = "Prefect flow.serve()"
     deployment = "bench-request/serve"
-    notes = "flow.serve() with Prefect's defaults (subprocess per run, limit 5, poll 10 s); Prefect server SQLite"
+    notes = (
+        "flow.serve() with Prefect's defaults (subprocess per run, limit 5, poll 10 s); Prefect server SQLite "
+        "(stock `prefect server start`)"
+    )
 
     async def start(self) -> None:
         env = self._env()
@@ -100,7 +103,10 @@ class ProcessWorker(_Stock):
     name = "process-worker"
     label = "Prefect process worker"
     deployment = "bench-request/pool"
-    notes = "process work pool, `prefect worker start --limit 5` (subprocess per run); Prefect server SQLite"
+    notes = (
+        "process work pool, `prefect worker start --limit 5` (subprocess per run); Prefect server SQLite "
+        "(stock `prefect server start`)"
+    )
 
     async def start(self) -> None:
         env = self._env()
