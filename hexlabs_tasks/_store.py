@@ -5,7 +5,11 @@ the database: a worker's claim of due tasks (a single ``UPDATE ... RETURNING`` w
 can never also meet) and compare-and-set updates on the row's ``version``.
 
 SQLite (the default) runs in WAL mode, and write transactions start with ``BEGIN IMMEDIATE`` so two processes
-never deadlock upgrading a read lock; PostgreSQL runs through asyncpg.
+never deadlock upgrading a read lock; PostgreSQL runs through asyncpg. PostgreSQL locks rows, not the database, so
+two transactions can wait on each other's rows; it then aborts one of them ("deadlock detected"). The writes that
+touch many rows at once keep that rare (a claim skips rows another transaction holds, held rows are locked in id
+order), and every write transaction is run again when PostgreSQL aborts it for such a conflict: it was rolled
+back whole, so nothing of it happened.
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import functools
+import random
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, case, delete, event, func, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -31,10 +37,12 @@ from hexlabs_tasks._models import Attempt, Task, TaskStatus
 from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
 __all__ = [
+    "CONFLICT_ATTEMPTS",
     "Finish",
     "Store",
     "decode_cursor",
     "encode_cursor",
+    "is_conflict",
     "normalize_database_url",
     "now_ms",
     "to_attempt",
@@ -59,6 +67,19 @@ _E = cast(Table, EventRow.__table__).c  # type: ignore[attr-defined]
 # never comes with autovacuum off and comes late after a bulk insert), so each claim walks every pending task.
 # Planning these small statements costs a fraction of a millisecond. (PostgreSQL 12 and newer.)
 _PG_CONNECT: dict[str, Any] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+
+# SQLSTATEs of a transaction PostgreSQL aborted for a conflict with another one, to be run again: deadlock_detected
+# (two transactions waiting on each other's row locks) and serialization_failure.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+#: How many times a write transaction is run at the most when PostgreSQL keeps aborting it for a conflict.
+CONFLICT_ATTEMPTS = 6
+
+_R = TypeVar("_R")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL aborting a transaction for a conflict with another (safe to run again)."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "pgcode", None) in _CONFLICT_SQLSTATES
 
 
 def task_event(task_id: str, type_: str, status: str | None, at: int, data: dict[str, Any] | None = None) -> EventRow:
@@ -160,6 +181,15 @@ class Finish:
     events: tuple[EventRow, ...] = ()
 
 
+def _add_new(session: AsyncSession, rows: Iterable[AttemptRow | EventRow]) -> None:
+    """Add rows whose ids the database assigns. An id left from an earlier run of the same transaction (aborted
+    for a conflict, see :meth:`Store.transact`) is dropped, so that the row takes a new one now, in order with the
+    rows committed meanwhile (event ids are the live stream's resume positions)."""
+    for row in rows:
+        row.id = None
+        session.add(row)
+
+
 async def _finish(session: AsyncSession, finish: Finish) -> TaskRow | None:
     conditions: builtins.list[ColumnElement[bool]] = [
         TaskRow.id == finish.task_id,
@@ -177,8 +207,7 @@ async def _finish(session: AsyncSession, finish: Finish) -> TaskRow | None:
     )
     row = result.scalars().one_or_none()
     if row is not None:
-        session.add(finish.attempt)
-        session.add_all(list(finish.events))
+        _add_new(session, [finish.attempt, *finish.events])
         now = int(finish.values.get("updated_at", now_ms()))
         if row.status == TaskStatus.COMPLETED.value:
             await _release_dependents(session, row.id, now)
@@ -253,6 +282,29 @@ class Store:
         async with _translated(), self._write() as session, session.begin():
             yield session
 
+    async def transact(
+        self,
+        work: Callable[[AsyncSession], Awaitable[_R]],
+        *,
+        sessions: Callable[[], AbstractAsyncContextManager[AsyncSession]] | None = None,
+    ) -> _R:
+        """Run ``work`` in a write transaction (as :meth:`write`), again if PostgreSQL aborts it for a conflict.
+
+        A transaction aborted for a deadlock or a serialization failure was rolled back whole, so ``work`` starts
+        over in a new session after a short random pause (which keeps the two from meeting again), up to
+        ``CONFLICT_ATTEMPTS`` times in all. Any other error passes through at once.
+        """
+        make = sessions or self._write
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                async with _translated(), make() as session, session.begin():
+                    return await work(session)
+            except DBAPIError as exc:
+                if attempt == CONFLICT_ATTEMPTS or not is_conflict(exc):
+                    raise
+            await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
     # -- tasks -----------------------------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRow | None:
@@ -278,7 +330,8 @@ class Store:
         events: Sequence[EventRow] = (),
     ) -> None:
         """Store a new task (with its idempotency key, dependency edges and events) in one transaction."""
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> None:
             if idempotency is not None:
                 await session.execute(
                     delete(IdempotencyRow).where(
@@ -290,17 +343,22 @@ class Store:
             session.add(row)
             for dep in dependencies:
                 session.add(DependencyRow(task_id=row.id, depends_on_id=dep))
-            session.add_all(list(events))  # last: an event id is taken as late as possible before the commit
+            _add_new(session, events)  # last: an event id is taken as late as possible before the commit
+
+        await self.transact(work)
 
     async def insert_chain(
         self, rows: Sequence[TaskRow], dependencies: Mapping[str, Sequence[str]], events: Sequence[EventRow] = ()
     ) -> None:
         """Store several new tasks and their dependency edges in one transaction (all or nothing)."""
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> None:
             session.add_all(list(rows))
             for task_id, deps in dependencies.items():
                 session.add_all([DependencyRow(task_id=task_id, depends_on_id=dep) for dep in deps])
-            session.add_all(list(events))
+            _add_new(session, events)
+
+        await self.transact(work)
 
     async def dependencies_of(self, task_ids: Iterable[str]) -> dict[str, builtins.list[str]]:
         """The direct dependencies of each given task (tasks without any are left out)."""
@@ -328,8 +386,9 @@ class Store:
         async with self.read() as session:  # most calls find nothing waiting: no write lock for them
             if (await session.execute(query.with_only_columns(_T.id).limit(1))).first() is None:
                 return []
-        cancelled: builtins.list[str] = []
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> builtins.list[str]:
+            cancelled: builtins.list[str] = []
             for waiting in (await session.execute(query.limit(1000))).scalars().all():
                 deps = (
                     await session.execute(
@@ -375,6 +434,9 @@ class Store:
                         .execution_options(synchronize_session=False)
                     )
                     session.add(task_event(waiting.id, "released", TaskStatus.PENDING.value, now))
+            return cancelled
+
+        cancelled = await self.transact(work)
         return list((await self.get_many(cancelled)).values())
 
     async def idempotency(self, key: str, *, since: int) -> IdempotencyRow | None:
@@ -393,7 +455,8 @@ class Store:
         events: Sequence[EventRow] = (),
     ) -> TaskRow | None:
         """Change a task if its ``version`` is still the one read; the new row, or None if it moved on."""
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> TaskRow | None:
             result = await session.execute(
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.version == version)
@@ -403,16 +466,19 @@ class Store:
             )
             row = result.scalars().one_or_none()
             if row is not None:
-                session.add_all(list(events))
+                _add_new(session, events)
             if row is not None and dependencies is not None:
                 await session.execute(delete(DependencyRow).where(_D.task_id == task_id))
                 for dep in dependencies:
                     session.add(DependencyRow(task_id=task_id, depends_on_id=dep))
             return row
 
+        return await self.transact(work)
+
     async def delete(self, task_id: str, *, events: Sequence[EventRow] = ()) -> TaskRow | None:
         """Remove a task with its attempts, dependency edges and idempotency keys; the removed row or None."""
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> TaskRow | None:
             result = await session.execute(
                 delete(TaskRow)
                 .where(TaskRow.id == task_id)
@@ -425,9 +491,11 @@ class Store:
             await session.execute(delete(AttemptRow).where(_A.task_id == task_id))
             await session.execute(delete(DependencyRow).where(_D.task_id == task_id))
             await session.execute(delete(IdempotencyRow).where(_I.task_id == task_id))
-            session.add_all(list(events))
+            _add_new(session, events)
             await _cancel_dependents(session, {task_id: "was deleted"}, now_ms())
             return row
+
+        return await self.transact(work)
 
     async def list(
         self, *, status: str | None, limit: int, after: tuple[int, str] | None
@@ -491,15 +559,27 @@ class Store:
         # autovacuum catches up with a bulk insert, otherwise walks the whole table; SQLite, given a status test,
         # walks the status index over every pending task). The UPDATE re-checks due time and holder on each row it
         # takes, so a task another worker took in the meantime is skipped.
+        #
+        # On PostgreSQL the candidates are locked as they are found and rows another transaction holds are passed
+        # over (FOR NO KEY UPDATE SKIP LOCKED, the queue idiom): a claim never waits on a row, so it can be in no
+        # deadlock, and two workers' claims do not queue behind each other. A row passed over is either being
+        # claimed by another worker or being changed (recorded, moved, settled) and is taken by a later claim.
+        # SQLite has one writer at a time and no row locks; it ignores the clause.
         due = and_(_T.due_at <= now, _T.lease_owner.is_(None))
         candidates = select(_T.id).where(_T.due_at <= now)
         if task_id is not None:
             due = and_(due, TaskRow.id == task_id)
             candidates = candidates.where(TaskRow.id == task_id)
         candidates = candidates.order_by(_T.due_at).limit(limit)
+        if self.is_sqlite:
+            chosen = _T.id.in_(candidates.scalar_subquery())
+        else:
+            # A CTE runs once; a subquery with SKIP LOCKED can be run again by the plan and take more than `limit`.
+            locked = candidates.with_for_update(skip_locked=True, key_share=True).cte("due").prefix_with("MATERIALIZED")
+            chosen = _T.id.in_(select(locked.c.id))
         statement = (
             update(TaskRow)
-            .where(_T.id.in_(candidates.scalar_subquery()), due)
+            .where(chosen, due)
             .values(
                 status=TaskStatus.RUNNING.value,
                 lease_owner=owner,
@@ -513,11 +593,15 @@ class Store:
             .returning(TaskRow)
             .execution_options(synchronize_session=False)
         )
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> builtins.list[TaskRow]:
             rows = list((await session.execute(statement)).scalars().all())
             session.add_all(
                 [task_event(r.id, "running", TaskStatus.RUNNING.value, now, {"attempt": r.attempts}) for r in rows]
             )
+            return rows
+
+        rows = await self.transact(work)
         rows.sort(key=lambda r: (r.perform_at, r.id))
         return rows
 
@@ -525,15 +609,21 @@ class Store:
         """Extend ``owner``'s hold on its running tasks; returns the ids it still holds (others were deleted)."""
         if not task_ids:
             return set()
-        async with _translated(), self._lease_write() as session, session.begin():
+        held = _T.id.in_(list(task_ids)), TaskRow.lease_owner == owner
+
+        async def work(session: AsyncSession) -> set[str]:
+            if not self.is_sqlite:  # lock the rows in id order, as recording and settling do: no lock cycle
+                await session.execute(select(_T.id).where(*held).order_by(_T.id).with_for_update(key_share=True))
             result = await session.execute(
                 update(TaskRow)
-                .where(_T.id.in_(list(task_ids)), TaskRow.lease_owner == owner)
+                .where(*held)
                 .values(lease_expires_at=lease_until)
                 .returning(_T.id)
                 .execution_options(synchronize_session=False)
             )
             return {r[0] for r in result.all()}
+
+        return await self.transact(work, sessions=self._lease_write)
 
     async def finish_attempt(
         self,
@@ -562,24 +652,30 @@ class Store:
         transaction fails, each attempt is tried again in a transaction of its own, so one bad attempt cannot keep
         the others from being recorded. A database that cannot be reached raises ServiceUnavailable.
         """
+        # Rows are changed in id order, as renewals and settling lock them, so these writes form no lock cycle.
+        order = sorted(range(len(finishes)), key=lambda n: finishes[n].task_id)
+
+        async def work(session: AsyncSession) -> builtins.list[TaskRow | None]:
+            done: dict[int, TaskRow | None] = {n: await _finish(session, finishes[n]) for n in order}
+            return [done[n] for n in range(len(finishes))]
+
         try:
-            async with self.write() as session:
-                return [await _finish(session, finish) for finish in finishes]
+            return [*await self.transact(work)]
         except SQLAlchemyError:
             if len(finishes) == 1:
                 raise
         results: builtins.list[TaskRow | Exception | None] = []
         for finish in finishes:
             try:
-                async with self.write() as session:
-                    results.append(await _finish(session, finish))
+                results.append(await self.transact(functools.partial(_finish, finish=finish)))
             except SQLAlchemyError as exc:
                 results.append(exc)
         return results
 
     async def release(self, *, task_id: str, owner: str, attempts: int, due_at: int) -> bool:
         """Give a claimed attempt back unperformed (a worker shutting down): due again, attempt not counted."""
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> bool:
             result = await session.execute(
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.attempts == attempts)
@@ -597,6 +693,8 @@ class Store:
             )
             return bool(getattr(result, "rowcount", 0))
 
+        return await self.transact(work)
+
     async def expired_leases(self, *, now: int, limit: int = 200) -> builtins.list[TaskRow]:
         """Running attempts whose worker stopped renewing its hold (it died)."""
         query = select(TaskRow).where(_T.lease_owner.is_not(None), _T.lease_expires_at < now).limit(limit)
@@ -613,14 +711,17 @@ class Store:
         """Clear ``prefect_owed`` on rows that still owe the state that was just delivered."""
         if not owed:
             return
-        async with self.write() as session:
-            for task_id, state in owed.items():
+
+        async def work(session: AsyncSession) -> None:
+            for task_id in sorted(owed):  # id order, as recording and renewals lock rows: no lock cycle
                 await session.execute(
                     update(TaskRow)
-                    .where(TaskRow.id == task_id, TaskRow.prefect_owed == state)
+                    .where(TaskRow.id == task_id, TaskRow.prefect_owed == owed[task_id])
                     .values(prefect_owed=None)
                     .execution_options(synchronize_session=False)
                 )
+
+        await self.transact(work)
 
     # -- the event log ---------------------------------------------------------------------------------------
 
@@ -653,9 +754,12 @@ class Store:
         _, newest = await self.event_bounds()
         if newest <= keep:
             return 0
-        async with self.write() as session:
+
+        async def work(session: AsyncSession) -> int:
             result = await session.execute(delete(EventRow).where(_E.id <= newest - keep))
             return int(getattr(result, "rowcount", 0) or 0)
+
+        return await self.transact(work)
 
 
 async def _release_dependents(session: AsyncSession, task_id: str, now: int) -> None:

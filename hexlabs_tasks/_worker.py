@@ -162,6 +162,11 @@ class Worker:
             except ServiceUnavailable as exc:
                 logger.warning("task store unavailable: %s", exc)
                 timeout = max(timeout, 1.0)
+            except Exception:
+                # Whatever else the store raised (a statement the database aborted, a driver error) ends this
+                # turn, not the worker: a loop that stopped here would leave every due task stranded.
+                logger.exception("looking for due tasks failed; trying again in 1 s")
+                timeout = max(timeout, 1.0)
             await self._sleep(stop, timeout, slot_wait=free <= 0)
 
     async def _sleep(self, stop: asyncio.Event, timeout: float, *, slot_wait: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from support.databases import (
     create_postgres_database,
     drop_postgres_database,
@@ -34,7 +34,14 @@ from hexlabs_tasks._exceptions import TaskValidationError
 from hexlabs_tasks._executor import outcome_values
 from hexlabs_tasks._migrate import alembic_config, upgrade
 from hexlabs_tasks._retry import Decision, Verdict
-from hexlabs_tasks._store import Finish, Store, decode_cursor, encode_cursor, normalize_database_url
+from hexlabs_tasks._store import (
+    CONFLICT_ATTEMPTS,
+    Finish,
+    Store,
+    decode_cursor,
+    encode_cursor,
+    normalize_database_url,
+)
 from hexlabs_tasks._tables import AttemptRow, DependencyRow, EventRow, IdempotencyRow, TaskRow
 
 NOW = 1_750_000_000_000
@@ -600,7 +607,7 @@ async def test_finding_and_claiming_due_tasks_reads_only_due_rows_however_many_w
     captured: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith(("UPDATE", "SELECT MIN")):
+        if statement.lstrip().upper().startswith(("UPDATE", "WITH", "SELECT MIN")):  # PostgreSQL's claim: WITH
             captured.append((statement, parameters))
 
     event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
@@ -641,7 +648,7 @@ async def test_postgres_plans_each_claim_for_the_table_as_it_is_not_as_it_was(st
             await session.execute(
                 text(
                     "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                    "WHERE statement LIKE 'UPDATE hexlabs_tasks SET status%'"
+                    "WHERE statement LIKE 'WITH due AS MATERIALIZED%UPDATE hexlabs_tasks SET status%'"
                 )
             )
         ).all()
@@ -809,11 +816,9 @@ async def test_finish_attempts_records_many_attempts_in_one_call_each_as_finish_
 
 
 async def test_finish_attempts_with_one_failing_attempt_still_records_the_others(store: Store) -> None:
-    await seed(store, *(make_row(f"t{n}", due_at=NOW) for n in ("0", "1", "2", "9")))
+    await seed(store, *(make_row(f"t{n}", due_at=NOW) for n in ("0", "1", "2")))
     await claim(store, "worker-a")
-    await store.finish_attempt(task_id="t9", owner="worker-a", attempt=make_attempt("t9", 1), values=DONE)
-    [taken] = await store.attempts("t9")
-    bad = make_attempt("t1", 1, id=taken.id)  # an attempt id that is already used: the insert fails
+    bad = make_attempt("t1", 1, started_at=None)  # breaks a NOT NULL column: the insert fails
     finishes = [
         Finish("t0", "worker-a", make_attempt("t0", 1), DONE),
         Finish("t1", "worker-a", bad, DONE),
@@ -1105,3 +1110,137 @@ async def test_recheck_releases_a_dependent_whose_dependencies_already_completed
     assert await store.recheck_waiting(None, NOW) == []
     b = await store.get("b")
     assert b is not None and b.due_at == NOW - 10
+
+
+# -- concurrent writers --------------------------------------------------------------------------------------
+
+RETRY_SOON = {"status": "running", "due_at": NOW - 1, "updated_at": NOW + 50, "prefect_owed": "AWAITING_RETRY"}
+
+
+async def test_a_worker_s_concurrent_writes_on_the_same_rows_never_fail_each_other(
+    database_url: str, backend: str
+) -> None:
+    """What one worker does at once under load, on rows it shares: renew its leases, record finished attempts in
+    batches (each due again for a retry and owing Prefect a state), settle delivered Prefect states, and claim the
+    tasks due again, all in shuffled orders. PostgreSQL once aborted these with "deadlock detected" (two writes
+    locking the same rows in opposite orders); every write must succeed and every attempt be recorded once."""
+    import random
+
+    total, batch = 120, 15
+    rounds = 3 if backend == "postgres" else 1  # SQLite has one writer at a time: nothing to deadlock
+    rng = random.Random(7)
+    async with AsyncExitStack() as stack:
+        store, claimer = Store(database_url), Store(database_url)
+        stack.push_async_callback(store.dispose)
+        stack.push_async_callback(claimer.dispose)
+        names = [f"t{n:03d}" for n in range(total)]
+        for round_ in range(rounds):
+            owner = f"worker-{round_}"
+            await seed(store, *(make_row(f"{name}-{round_}", due_at=NOW - 5) for name in names))
+            held = ids(await claim(store, owner, limit=total))
+            assert len(held) == total
+            finishes = [Finish(task_id, owner, make_attempt(task_id, 1), RETRY_SOON) for task_id in held]
+            rng.shuffle(finishes)
+            stop = asyncio.Event()
+
+            async def renew(held: list[str] = held, owner: str = owner, stop: asyncio.Event = stop) -> int:
+                renewals = 0
+                while not stop.is_set():
+                    await store.renew_leases(owner=owner, task_ids=rng.sample(held, len(held)), lease_until=NOW + 1)
+                    renewals += 1
+                    await asyncio.sleep(0.005)  # SQLite's one writer lock: let the others have it too
+                return renewals
+
+            async def settle(held: list[str] = held, stop: asyncio.Event = stop) -> None:
+                while not stop.is_set():
+                    await store.settle_prefect({task_id: "AWAITING_RETRY" for task_id in rng.sample(held, len(held))})
+                    await asyncio.sleep(0.005)
+
+            async def reclaim(stop: asyncio.Event = stop) -> list[TaskRow]:
+                taken: list[TaskRow] = []
+                while not stop.is_set():
+                    taken += await claim(claimer, "worker-b", limit=10)
+                    await asyncio.sleep(0.005)
+                return taken
+
+            async def record(finishes: list[Finish] = finishes, stop: asyncio.Event = stop) -> list[Any]:
+                try:
+                    chunks = [finishes[i : i + batch] for i in range(0, len(finishes), batch)]
+                    done = await asyncio.gather(*(store.finish_attempts(chunk) for chunk in chunks))
+                    return [result for chunk in done for result in chunk]
+                finally:
+                    stop.set()
+
+            renewals, _, reclaimed, recorded = await asyncio.gather(renew(), settle(), reclaim(), record())
+
+            assert renewals > 0
+            assert [r for r in recorded if not isinstance(r, TaskRow)] == []
+            assert len({r.id for r in recorded}) == total
+            attempts = Counter(a.task_id for a in await all_rows(store, AttemptRow) if a.task_id.endswith(f"-{round_}"))
+            assert set(attempts.values()) == {1}
+            assert len({row.id for row in reclaimed}) == len(reclaimed)  # each claimed again at most once
+
+
+class _Aborted(Exception):
+    """What the driver raises, with PostgreSQL's SQLSTATE as asyncpg's SQLAlchemy adapter exposes it."""
+
+    def __init__(self, pgcode: str) -> None:
+        super().__init__(f"aborted ({pgcode})")
+        self.pgcode = pgcode
+
+
+def aborted(pgcode: str) -> DBAPIError:
+    return DBAPIError("UPDATE hexlabs_tasks ...", None, _Aborted(pgcode))
+
+
+@pytest.mark.parametrize("pgcode", ["40P01", "40001"])  # deadlock_detected, serialization_failure
+async def test_transact_runs_a_transaction_again_after_a_conflict_and_keeps_only_the_last_run(
+    store: Store, pgcode: str
+) -> None:
+    runs = 0
+
+    async def work(session: Any) -> str:
+        nonlocal runs
+        runs += 1
+        session.add(make_row(f"run-{runs}"))
+        await session.flush()
+        if runs < 3:
+            raise aborted(pgcode)
+        return "done"
+
+    assert await store.transact(work) == "done"
+
+    assert runs == 3
+    assert ids(await all_rows(store, TaskRow)) == ["run-3"]  # the aborted runs left nothing
+
+
+async def test_transact_passes_other_errors_through_at_once_and_gives_up_after_its_attempts(store: Store) -> None:
+    runs = 0
+
+    async def failing(session: Any, error: Exception) -> None:
+        nonlocal runs
+        runs += 1
+        raise error
+
+    with pytest.raises(DBAPIError):
+        await store.transact(lambda session: failing(session, aborted("23505")))  # unique_violation: no retry
+    assert runs == 1
+
+    runs = 0
+    with pytest.raises(DBAPIError):
+        await store.transact(lambda session: failing(session, aborted("40P01")))
+    assert runs == CONFLICT_ATTEMPTS
+
+
+async def test_a_finish_run_again_after_a_conflict_gives_its_attempt_and_events_new_ids(store: Store) -> None:
+    await seed(store, make_row("t1", due_at=NOW))
+    await claim(store, "worker-a")
+    attempt, event = make_attempt("t1", 1), EventRow(task_id="t1", type="completed", status="completed", at=NOW)
+    attempt.id, event.id = 999_999, 999_999  # left by an earlier run of the transaction that was rolled back
+
+    finished = await store.finish_attempt(task_id="t1", owner="worker-a", attempt=attempt, values=DONE, events=[event])
+
+    assert finished is not None
+    [stored] = await store.attempts("t1")
+    assert stored.id != 999_999
+    assert all(e.id != 999_999 for e in await all_rows(store, EventRow))
